@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Installs the pinned test-bed tools into a project-local cache ($TOOLS_DIR, default .cache/tools).
+# Each tool is built from the Go module proxy once; a second run finds it and returns at once.
+# Usage: hack/tools.sh [kube|etcd|controller-gen|minio|mc|helm|nix|all]...
+set -euo pipefail
+export GOTOOLCHAIN=local
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TOOLS_DIR=${TOOLS_DIR:-$ROOT/.cache/tools}
+BIN=$TOOLS_DIR/bin
+mkdir -p "$BIN"
+
+K8S_VERSION=v1.37.2
+K8S_STAGING_VERSION=v0.37.2
+ETCD_VERSION=v3.6.16
+CONTROLLER_TOOLS_VERSION=v0.23.0
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
+HELM_VERSION=v4.3.1
+
+log() { echo "hack/tools: $*" >&2; }
+
+# stamp NAME VERSION: true when BIN/NAME was built at VERSION.
+stamp_ok() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
+stamp() { echo "$2" > "$BIN/.$1.version"; }
+
+kube() {
+  if stamp_ok kube-apiserver "$K8S_VERSION" && stamp_ok kubectl "$K8S_VERSION"; then return; fi
+  log "building kube-apiserver and kubectl $K8S_VERSION (about 12 minutes cold)"
+  local mod=$TOOLS_DIR/src/kube
+  mkdir -p "$mod"
+  local gomod
+  gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  # A throwaway module: k8s.io/kubernetes replaces its staging modules with ./staging paths,
+  # which only resolve inside its own tree, so pin each one to its published version.
+  {
+    echo 'module example.com/kubebuild'; echo; echo 'go 1.26.0'; echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"; echo; echo 'replace ('
+    grep '=> ./staging' "$gomod" | awk '{print $1}' | grep -vE 'sample-(cli-plugin|controller)' |
+      while read -r m; do echo "	$m => $m $K8S_STAGING_VERSION"; done
+    echo ')'
+  } > "$mod/go.mod"
+  cat > "$mod/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  local bd ld p
+  bd=$(date -u +%Y-%m-%dT%H:%M:%SZ); ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37 -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean -X $p.buildDate=$bd"
+  done
+  (cd "$mod" && go mod tidy >/dev/null 2>&1 &&
+    go build -trimpath -ldflags "$ld" -o "$BIN/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
+    go build -trimpath -ldflags "$ld" -o "$BIN/kubectl" k8s.io/kubernetes/cmd/kubectl)
+  stamp kube-apiserver "$K8S_VERSION"; stamp kubectl "$K8S_VERSION"
+}
+
+etcd() {
+  if stamp_ok etcd "$ETCD_VERSION"; then return; fi
+  log "building etcd $ETCD_VERSION"
+  local mod=$TOOLS_DIR/src/etcd
+  mkdir -p "$mod"
+  cat > "$mod/go.mod" <<GOMOD
+module example.com/etcdbuild
+
+go 1.26.0
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+
+replace (
+	go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 $ETCD_VERSION
+	go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 $ETCD_VERSION
+)
+GOMOD
+  cat > "$mod/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  (cd "$mod" && go mod tidy >/dev/null 2>&1 &&
+    go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
+  stamp etcd "$ETCD_VERSION"
+}
+
+goinstall() { # name module version
+  if stamp_ok "$1" "$3"; then return; fi
+  log "installing $1 $3"
+  GOBIN=$BIN go install -trimpath -ldflags "-s -w" "$2@$3"
+  stamp "$1" "$3"
+}
+
+controller_gen() { goinstall controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_TOOLS_VERSION"; }
+minio() { goinstall minio github.com/minio/minio "$MINIO_VERSION"; }
+mc() { goinstall mc github.com/minio/mc "$MC_VERSION"; }
+helm() { goinstall helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"; }
+
+# nix: Debian's nix-bin (Nix 2.8) is the real daemon and substitute client of the tests;
+# libgcrypt is the independent verifier of Guix signatures (it is what Guix itself uses).
+nix() {
+  if command -v nix-daemon >/dev/null && [ -x /bin/busybox ] && [ -f /usr/include/gcrypt.h ]; then return; fi
+  log "installing nix-bin, busybox-static and libgcrypt20-dev from Debian"
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nix-bin busybox-static libgcrypt20-dev >/dev/null
+}
+
+[ $# -gt 0 ] || set -- all
+for t in "$@"; do
+  case $t in
+    kube) kube ;; etcd) etcd ;; controller-gen) controller_gen ;; minio) minio ;; mc) mc ;; helm) helm ;; nix) nix ;;
+    envtest) kube; etcd ;;
+    all) controller_gen; etcd; kube; minio; nix ;;
+    *) echo "hack/tools.sh: unknown tool $t" >&2; exit 2 ;;
+  esac
+done
