@@ -1,0 +1,345 @@
+package planner
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// Plan computes every agent's horizon, assumes the allocation changes into the model and
+// returns them with the wait-reason changes since the previous Plan. Builds whose NotBefore
+// is due by now are moved in first.
+//
+// Cost: O((total horizon capacity + classes) · log n + agents + changes). The queue itself
+// is never scanned: each class heap is walked from its top, without popping, and the walk
+// of a class stops as soon as no eligible agent has room.
+func (p *Planner) Plan(now time.Time) Plan {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.now = nanos(now)
+	for len(p.deferred.items) > 0 && p.builds[p.deferred.items[0]].notBefore <= p.now {
+		p.relocate(p.deferred.items[0])
+	}
+
+	sel, first := p.selectBuilds()
+	assign := p.stick(sel, first)
+
+	out := Plan{Horizons: make(map[string][]BuildKey, len(p.byAgent))}
+	for name := range p.byAgent {
+		out.Horizons[name] = nil
+	}
+	p.epoch++
+	for k, bi := range sel {
+		b := &p.builds[bi]
+		b.epoch = p.epoch
+		name := p.agents[assign[k]].name
+		out.Horizons[name] = append(out.Horizons[name], b.key)
+		if b.agent != name {
+			out.Allocations = append(out.Allocations, Allocation{Key: b.key, Agent: name, Priority: b.eff})
+			p.trackAlloc(bi, b.agent, name)
+			b.agent = name
+		}
+	}
+	var withdrawn []Allocation
+	for name, set := range p.allocs {
+		for bi := range set {
+			b := &p.builds[bi]
+			if b.epoch == p.epoch {
+				continue
+			}
+			withdrawn = append(withdrawn, Allocation{Key: b.key, Priority: b.eff})
+			b.agent = ""
+			delete(set, bi)
+		}
+		if len(set) == 0 {
+			delete(p.allocs, name)
+		}
+	}
+	slices.SortFunc(withdrawn, func(a, b Allocation) int { return cmp.Compare(a.Key, b.Key) })
+	out.Allocations = append(out.Allocations, withdrawn...)
+
+	for _, bi := range p.dirty {
+		b := &p.builds[bi]
+		if !b.live || !b.dirty {
+			continue
+		}
+		b.dirty = false
+		if r, _ := p.reasonOf(bi, false); r != b.reported {
+			_, msg := p.reasonOf(bi, true)
+			out.Waits = append(out.Waits, Wait{Key: b.key, Reason: reasonNames[r], Message: msg})
+			if b.reported != rNone {
+				p.reported[b.reported]--
+			}
+			if r != rNone {
+				p.reported[r]++
+			}
+			b.reported = r
+		}
+	}
+	p.dirty = p.dirty[:0]
+	slices.SortFunc(out.Waits, func(a, b Wait) int { return cmp.Compare(a.Key, b.Key) })
+
+	if len(p.deferred.items) > 0 {
+		out.NextWake = time.Unix(0, p.builds[p.deferred.items[0]].notBefore)
+	}
+	return out
+}
+
+// capacities is every agent's horizon room: HorizonFactor*Slots - Running, at least 0.
+func (p *Planner) capacities() ([]int, int) {
+	room := make([]int, len(p.agents))
+	total := 0
+	for ai := range p.agents {
+		if st := &p.agents[ai]; st.live {
+			room[ai] = max(0, p.factor*st.slots-st.running)
+			total += room[ai]
+		}
+	}
+	return room, total
+}
+
+// selectBuilds walks all class heaps merged in the global order (a small heap of frontier
+// positions; the class heaps are not modified) and gives each build to the eligible agent
+// with the most room, until no eligible agent has room. It decides which builds are in some
+// horizon; stick then decides where.
+func (p *Planner) selectBuilds() (sel, assign []int32) {
+	room, total := p.capacities()
+	if total == 0 {
+		return nil, nil
+	}
+	ah := p.agentHeaps(room)
+	dead := make([]bool, len(p.classes))
+	var fr frontier
+	fr.p = p
+	for ci, c := range p.classes {
+		if len(c.heap.items) > 0 && p.pickAgent(c, ah, room) >= 0 {
+			fr.push(entry{bi: c.heap.items[0], ci: int32(ci), pos: 0})
+		}
+	}
+	for len(fr.items) > 0 && total > 0 {
+		e := fr.pop()
+		if dead[e.ci] {
+			continue
+		}
+		c := p.classes[e.ci]
+		ai := p.pickAgent(c, ah, room)
+		if ai < 0 {
+			dead[e.ci] = true
+			continue
+		}
+		ah.take(p.agents[ai].group, room)
+		total--
+		sel = append(sel, e.bi)
+		assign = append(assign, ai)
+		for _, child := range [2]int32{2*e.pos + 1, 2*e.pos + 2} {
+			if int(child) < len(c.heap.items) {
+				fr.push(entry{bi: c.heap.items[child], ci: e.ci, pos: child})
+			}
+		}
+	}
+	return sel, assign
+}
+
+// stick keeps every selected build on its current agent while that agent still qualifies
+// and has room (best-ranked first), then places the others on the eligible agent with the
+// most room left. If that greedy cannot place everything (overlapping capabilities), it falls
+// back to the selection's own placement.
+func (p *Planner) stick(sel, first []int32) []int32 {
+	if len(sel) == 0 {
+		return first
+	}
+	room, _ := p.capacities()
+	out := make([]int32, len(sel))
+	var rest []int
+	for k, bi := range sel {
+		b := &p.builds[bi]
+		if b.agent != "" {
+			if ai, ok := p.byAgent[b.agent]; ok && room[ai] > 0 && p.classes[b.class].covers[p.agents[ai].group] {
+				out[k] = ai
+				room[ai]--
+				continue
+			}
+		}
+		rest = append(rest, k)
+	}
+	if len(rest) == 0 {
+		return out
+	}
+	ah := p.agentHeaps(room)
+	for _, k := range rest {
+		c := p.classes[p.builds[sel[k]].class]
+		ai := p.pickAgent(c, ah, room)
+		if ai < 0 {
+			return first
+		}
+		ah.take(p.agents[ai].group, room)
+		out[k] = ai
+	}
+	return out
+}
+
+// agentHeaps is, per capability group, a heap of agents with room: most room first, then name.
+type agentHeaps struct {
+	p     *Planner
+	heaps [][]int32
+}
+
+func (p *Planner) agentHeaps(room []int) *agentHeaps {
+	ah := &agentHeaps{p: p, heaps: make([][]int32, len(p.groups))}
+	for gi, g := range p.groups {
+		var h []int32
+		for _, ai := range g.agents {
+			if room[ai] > 0 {
+				h = append(h, ai)
+			}
+		}
+		for i := len(h)/2 - 1; i >= 0; i-- {
+			ah.down(h, i, room)
+		}
+		ah.heaps[gi] = h
+	}
+	return ah
+}
+
+func (ah *agentHeaps) less(a, b int32, room []int) bool {
+	if room[a] != room[b] {
+		return room[a] > room[b]
+	}
+	return ah.p.agents[a].name < ah.p.agents[b].name
+}
+
+func (ah *agentHeaps) down(h []int32, i int, room []int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		c := l
+		if r := l + 1; r < len(h) && ah.less(h[r], h[l], room) {
+			c = r
+		}
+		if !ah.less(h[c], h[i], room) {
+			return
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+}
+
+// take uses one unit of room of the group's top agent.
+func (ah *agentHeaps) take(gi int32, room []int) {
+	h := ah.heaps[gi]
+	room[h[0]]--
+	if room[h[0]] == 0 {
+		h[0] = h[len(h)-1]
+		h = h[:len(h)-1]
+	}
+	if len(h) > 0 {
+		ah.down(h, 0, room)
+	}
+	ah.heaps[gi] = h
+}
+
+// pickAgent is the eligible agent with the most room (then name), -1 if none has room.
+func (p *Planner) pickAgent(c *class, ah *agentHeaps, room []int) int32 {
+	best := int32(-1)
+	for _, gi := range c.groups {
+		if h := ah.heaps[gi]; len(h) > 0 && (best < 0 || ah.less(h[0], best, room)) {
+			best = h[0]
+		}
+	}
+	return best
+}
+
+// frontier merges the class heaps: it holds the next candidate positions of each class.
+type entry struct {
+	bi, ci, pos int32
+}
+
+type frontier struct {
+	p     *Planner
+	items []entry
+}
+
+func (f *frontier) push(e entry) {
+	f.items = append(f.items, e)
+	i := len(f.items) - 1
+	for i > 0 {
+		parent := (i - 1) / 2
+		if !f.p.better(f.items[i].bi, f.items[parent].bi) {
+			break
+		}
+		f.items[i], f.items[parent] = f.items[parent], f.items[i]
+		i = parent
+	}
+}
+
+func (f *frontier) pop() entry {
+	top := f.items[0]
+	last := len(f.items) - 1
+	f.items[0] = f.items[last]
+	f.items = f.items[:last]
+	i := 0
+	for {
+		l := 2*i + 1
+		if l >= len(f.items) {
+			break
+		}
+		c := l
+		if r := l + 1; r < len(f.items) && f.p.better(f.items[r].bi, f.items[l].bi) {
+			c = r
+		}
+		if !f.p.better(f.items[c].bi, f.items[i].bi) {
+			break
+		}
+		f.items[i], f.items[c] = f.items[c], f.items[i]
+		i = c
+	}
+	return top
+}
+
+// Stats is a cheap summary for metrics.
+type Stats struct {
+	Pending         map[string]int     // non-running builds per system
+	Running         int                // builds claimed by agents
+	Ready           int                // offerable now (in some class heap)
+	Waiting         map[WaitReason]int // by reason, as last reported by Plan
+	Deferred        int                // NotBefore in the future
+	Agents, Pools   int
+	Slots           int
+	HorizonCapacity int // sum of HorizonFactor*Slots - Running
+	Derivations     int // interned derivations (builds, inputs, available markers)
+}
+
+// Stats summarises the model: O(classes + agents).
+func (p *Planner) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Stats{
+		Pending:     map[string]int{},
+		Waiting:     map[WaitReason]int{},
+		Deferred:    len(p.deferred.items),
+		Agents:      len(p.byAgent),
+		Pools:       len(p.pools),
+		Derivations: len(p.byDrv),
+	}
+	for _, c := range p.classes {
+		if c.pending > 0 {
+			s.Pending[c.system] += c.pending
+		}
+		s.Running += c.running
+		s.Ready += len(c.heap.items)
+	}
+	for r := rNoAgent; r < numReasons; r++ {
+		if p.reported[r] > 0 {
+			s.Waiting[reasonNames[r]] = p.reported[r]
+		}
+	}
+	for ai := range p.agents {
+		if st := &p.agents[ai]; st.live {
+			s.Slots += st.slots
+			s.HorizonCapacity += max(0, p.factor*st.slots-st.running)
+		}
+	}
+	return s
+}

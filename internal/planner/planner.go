@@ -1,0 +1,183 @@
+// Package planner decides which pending Builds each agent should see next.
+//
+// It is a pure, in-memory model (stdlib only): the controller feeds it from informer events
+// (UpsertBuild, SetAvailable, UpsertAgent, ...) and writes only the output of Plan to the
+// apiserver. Plan costs O(total horizon capacity · log n), never O(pending queue): offerable
+// builds live in one keyed heap per (system, requirements) class, derived priorities and
+// missing-input counters are maintained incrementally as the model changes, and Plan walks
+// the heaps' tops without popping them. See docs/planner.md.
+//
+// A Planner is safe for concurrent use: every method takes one internal mutex, so Plan sees a
+// consistent model. Keep calls short (events from informers, one Plan per planning pass).
+package planner
+
+import (
+	"math"
+	"sync"
+	"time"
+)
+
+// Strategy selects when a pending build may be offered to agents.
+type Strategy string
+
+const (
+	// Basic offers every pending build at once; inputs are assumed substitutable.
+	Basic Strategy = "basic"
+	// DerivationOrdered offers a build only once every input derivation is available.
+	DerivationOrdered Strategy = "derivation-ordered"
+)
+
+// BuildKey is a Build's "namespace/name".
+type BuildKey string
+
+// Build is the planner's view of one Build object.
+type Build struct {
+	Key          BuildKey
+	UID          string
+	Derivation   string   // .drv store path
+	System       string   // e.g. x86_64-linux
+	Requirements []string // system features the agent must offer (e.g. "kvm", "big-parallel")
+	Priority     int32
+	Created      time.Time // submission time (FIFO tie-break), then UID
+	NotBefore    time.Time // deferUntil or retry backoff; zero = plannable now
+	Inputs       []string  // input derivation paths, from the .drv
+	// Running means claimed by an agent: not plannable, but still a pending dependent for
+	// derived priorities.
+	Running bool
+	// Agent is the agent the build is currently allocated to or running on ("" none). The
+	// planner keeps a build there while it can (stickiness).
+	Agent string
+}
+
+// Agent is one registered build agent.
+type Agent struct {
+	Name, Pool        string
+	Systems, Features []string
+	Slots, Running    int
+}
+
+// Pool is what a pool of agents could serve, even at zero replicas; it only matters for
+// deciding whether a build can ever run (NoAgentForSystem).
+type Pool struct {
+	Name              string
+	Systems, Features []string
+}
+
+// Options configure a Planner.
+type Options struct {
+	Strategy Strategy // default Basic
+	// HorizonFactor sizes each agent's horizon: HorizonFactor*Slots - Running. Default 2.
+	HorizonFactor int
+}
+
+// Allocation is one change of a build's allocated agent.
+type Allocation struct {
+	Key   BuildKey
+	Agent string // "" = withdraw
+	// Priority is the effective (derived) priority, so the agent can order its horizon.
+	Priority int32
+}
+
+// WaitReason says why a pending build is not offered.
+type WaitReason string
+
+const (
+	NotWaiting       WaitReason = ""
+	NoAgentForSystem WaitReason = "NoAgentForSystem"
+	InputsPending    WaitReason = "InputsPending"
+	Deferred         WaitReason = "Deferred"
+)
+
+// Wait is one change of a build's wait reason.
+type Wait struct {
+	Key     BuildKey
+	Reason  WaitReason
+	Message string // human; names the system/features or the missing input count
+}
+
+// Plan is the result of one planning pass.
+type Plan struct {
+	// Allocations are the changes against the model's Agent fields, new allocations in rank
+	// order first, then withdrawals by key. The planner assumes them (updates its model).
+	Allocations []Allocation
+	// Waits are the changes of wait reason since the previous Plan, by key.
+	Waits []Wait
+	// Horizons is every registered agent's full horizon, best first.
+	Horizons map[string][]BuildKey
+	// NextWake is the earliest future NotBefore, zero if none: call Plan again then.
+	NextWake time.Time
+}
+
+// Rank is a build's position in the order: effective priority, then critical path.
+type Rank struct {
+	Priority     int32 // max(own, every pending dependent's effective priority)
+	CriticalPath int32 // longest chain of pending dependents above the build
+}
+
+const noPrio = math.MinInt32
+
+// Planner is the in-memory planning model. Create it with New.
+type Planner struct {
+	mu       sync.Mutex
+	strategy Strategy
+	factor   int
+	now      int64 // last Plan's clock (unix ns); builds with NotBefore > now are deferred
+
+	// builds
+	builds     []build
+	freeBuilds []int32
+	byKey      map[BuildKey]int32
+	deferred   defHeap
+	dirty      []int32 // builds whose wait reason may have changed since the last Plan
+	reported   [numReasons]int
+	allocs     map[string]map[int32]struct{} // agent name -> non-running builds allocated to it
+	epoch      uint32
+
+	// derivation graph
+	nodes     []node
+	freeNodes []int32
+	byDrv     map[string]int32
+	stack     []change // scratch for propagate
+
+	// classes and capabilities
+	classes   []*class
+	byClass   map[string]int32
+	agents    []agentState
+	freeAgent []int32
+	byAgent   map[string]int32
+	groups    []*group
+	byGroup   map[string]int32
+	pools     map[string]int32 // pool name -> group
+}
+
+// New returns an empty Planner.
+func New(o Options) *Planner {
+	if o.Strategy == "" {
+		o.Strategy = Basic
+	}
+	if o.HorizonFactor <= 0 {
+		o.HorizonFactor = 2
+	}
+	p := &Planner{
+		strategy: o.Strategy,
+		factor:   o.HorizonFactor,
+		now:      math.MinInt64,
+		byKey:    map[BuildKey]int32{},
+		allocs:   map[string]map[int32]struct{}{},
+		byDrv:    map[string]int32{},
+		byClass:  map[string]int32{},
+		byAgent:  map[string]int32{},
+		byGroup:  map[string]int32{},
+		pools:    map[string]int32{},
+	}
+	p.deferred.p = p
+	return p
+}
+
+// nanos maps a time to a comparable int64; the zero time sorts first.
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return math.MinInt64
+	}
+	return t.UnixNano()
+}
