@@ -10,11 +10,11 @@ import (
 type loc uint8
 
 const (
-	locNone    loc = iota
-	locReady       // in its class heap: offerable
-	locDeferred    // in the deferred heap: NotBefore in the future
-	locInputs      // derivation-ordered, waiting for input derivations
-	locRunning     // claimed by an agent
+	locNone     loc = iota
+	locReady        // in its class heap: offerable
+	locDeferred     // in the deferred heap: NotBefore in the future
+	locInputs       // derivation-ordered, waiting for input derivations
+	locRunning      // claimed by an agent
 )
 
 type reason uint8
@@ -174,6 +174,9 @@ func (p *Planner) updateBuild(bi int32, in Build, prio int32) {
 		p.nodes[ni].own = p.ownOf(ni)
 		p.refreshKeys(ni) // this build's key, and the node's value if own changed
 		p.propagate(ni, old)
+		if b := &p.builds[bi]; b.loc == locReady {
+			p.classes[b.class].heap.fix(p, b.heapPos) // created is part of the key too
+		}
 	}
 	p.relocate(bi)
 	p.markDirty(bi)

@@ -1,0 +1,642 @@
+package planner
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+const (
+	x86  = "x86_64-linux"
+	arm  = "aarch64-linux"
+	i686 = "i686-linux"
+)
+
+// bld is a terse test build: created at t0+created seconds, derivation "/gnu/store/<key>.drv".
+func bld(key string, prio int32, created int, inputs ...string) Build {
+	var in []string
+	for _, i := range inputs {
+		in = append(in, drv(i))
+	}
+	return Build{
+		Key: BuildKey(key), UID: "uid-" + key, Derivation: drv(key), System: x86, Priority: prio,
+		Created: t0.Add(time.Duration(created) * time.Second), Inputs: in,
+	}
+}
+
+func drv(name string) string { return "/gnu/store/" + name + ".drv" }
+
+func agent(name string, slots int, systems ...string) Agent {
+	if len(systems) == 0 {
+		systems = []string{x86}
+	}
+	return Agent{Name: name, Systems: systems, Slots: slots}
+}
+
+func keys(ks ...string) []BuildKey {
+	out := make([]BuildKey, len(ks))
+	for i, k := range ks {
+		out[i] = BuildKey(k)
+	}
+	return out
+}
+
+func TestHorizons(t *testing.T) {
+	withSys := func(b Build, sys string, reqs ...string) Build {
+		b.System, b.Requirements = sys, reqs
+		return b
+	}
+	sameTime := func(b Build, uid string) Build { b.UID = uid; return b }
+	cases := map[string]struct {
+		agents []Agent
+		builds []Build
+		want   map[string][]BuildKey
+	}{
+		"priority first": {
+			agents: []Agent{agent("a", 1)},
+			builds: []Build{bld("low", 0, 0), bld("high", 5, 1), bld("mid", 3, 2)},
+			want:   map[string][]BuildKey{"a": keys("high", "mid")},
+		},
+		"fifo among equal priorities": {
+			agents: []Agent{agent("a", 1)},
+			builds: []Build{bld("second", 0, 2), bld("first", 0, 1), bld("third", 0, 3)},
+			want:   map[string][]BuildKey{"a": keys("first", "second")},
+		},
+		"uid breaks a tie of creation time": {
+			agents: []Agent{agent("a", 1)},
+			builds: []Build{sameTime(bld("p", 0, 0), "2"), sameTime(bld("q", 0, 0), "1"), sameTime(bld("r", 0, 0), "3")},
+			want:   map[string][]BuildKey{"a": keys("q", "p")},
+		},
+		"fair across agents, most room first": {
+			agents: []Agent{agent("a", 2), agent("b", 2)},
+			builds: []Build{bld("1", 0, 1), bld("2", 0, 2), bld("3", 0, 3), bld("4", 0, 4), bld("5", 0, 5), bld("6", 0, 6)},
+			want:   map[string][]BuildKey{"a": keys("1", "3", "5"), "b": keys("2", "4", "6")},
+		},
+		"running reduces the horizon": {
+			agents: []Agent{{Name: "a", Systems: []string{x86}, Slots: 2, Running: 3}, agent("b", 1)},
+			builds: []Build{bld("1", 0, 1), bld("2", 0, 2), bld("3", 0, 3), bld("4", 0, 4)},
+			want:   map[string][]BuildKey{"a": keys("2"), "b": keys("1", "3")},
+		},
+		"systems": {
+			agents: []Agent{agent("intel", 1, x86, i686), agent("arm", 1, arm)},
+			builds: []Build{
+				withSys(bld("x", 0, 1), x86), withSys(bld("y", 0, 2), arm), withSys(bld("z", 0, 3), i686),
+				withSys(bld("w", 0, 4), "riscv64-linux"),
+			},
+			want: map[string][]BuildKey{"intel": keys("x", "z"), "arm": keys("y")},
+		},
+		"requirements": {
+			agents: []Agent{{Name: "kvm", Systems: []string{x86}, Features: []string{"kvm", "big-parallel"}, Slots: 1}, agent("plain", 2)},
+			builds: []Build{
+				withSys(bld("vm-test", 0, 5), x86, "kvm"), bld("p1", 0, 1), bld("p2", 0, 2),
+				withSys(bld("needs-both", 0, 6), x86, "big-parallel", "kvm"), withSys(bld("never", 9, 0), x86, "nested"),
+			},
+			want: map[string][]BuildKey{"kvm": keys("vm-test", "needs-both"), "plain": keys("p1", "p2")},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := New(Options{})
+			for _, a := range tc.agents {
+				p.UpsertAgent(a)
+			}
+			for _, b := range tc.builds {
+				p.UpsertBuild(b)
+			}
+			got := p.Plan(t0).Horizons
+			if diff := cmp.Diff(tc.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("horizons (-want +got):\n%s", diff)
+			}
+			checkInvariants(t, p)
+		})
+	}
+}
+
+// TestStickiness: after one event, a re-plan changes O(1) allocations, not the whole set.
+func TestStickiness(t *testing.T) {
+	setup := func() (*Planner, Plan) {
+		p := New(Options{})
+		for i := range 10 {
+			p.UpsertAgent(agent(fmt.Sprintf("a%d", i), 2))
+		}
+		for i := range 200 {
+			p.UpsertBuild(bld(fmt.Sprintf("b%03d", i), int32(i%3), i))
+		}
+		first := p.Plan(t0)
+		if len(first.Allocations) != 40 {
+			t.Fatalf("first plan: %d allocations, want 40", len(first.Allocations))
+		}
+		return p, first
+	}
+	cases := map[string]struct {
+		event       func(p *Planner, first Plan)
+		wantChanges int
+	}{
+		"nothing changed": {event: func(*Planner, Plan) {}, wantChanges: 0},
+		"agent claims its best build": {
+			event: func(p *Planner, first Plan) {
+				p.UpsertBuild(runningCopy(first.Horizons["a3"][0], "a3"))
+				p.UpsertAgent(Agent{Name: "a3", Systems: []string{x86}, Slots: 2, Running: 1})
+			},
+			wantChanges: 0,
+		},
+		"one running build finished": {
+			event: func(p *Planner, first Plan) {
+				k := first.Horizons["a3"][0]
+				p.UpsertBuild(runningCopy(k, "a3"))
+				p.UpsertAgent(Agent{Name: "a3", Systems: []string{x86}, Slots: 2, Running: 1})
+				p.Plan(t0)
+				p.RemoveBuild(k)
+				p.UpsertAgent(Agent{Name: "a3", Systems: []string{x86}, Slots: 2, Running: 0})
+			},
+			wantChanges: 1,
+		},
+		"urgent build submitted": {
+			event:       func(p *Planner, _ Plan) { p.UpsertBuild(bld("urgent", 100, 1000)) },
+			wantChanges: 2, // it is allocated, the lowest-ranked one is withdrawn
+		},
+		"agent removed": {
+			event:       func(p *Planner, _ Plan) { p.RemoveAgent("a7") },
+			// The lowest four of the 40 are withdrawn; a7's builds that still rank in the
+			// top 36 move to the agents those four leave.
+			wantChanges: 7,
+		},
+		"agent added": {
+			event:       func(p *Planner, _ Plan) { p.UpsertAgent(agent("a99", 2)) },
+			wantChanges: 4, // the next four builds go to it
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			p, first := setup()
+			tc.event(p, first)
+			got := p.Plan(t0)
+			if len(got.Allocations) != tc.wantChanges {
+				t.Errorf("%d allocation changes, want %d: %+v", len(got.Allocations), tc.wantChanges, got.Allocations)
+			}
+			checkInvariants(t, p)
+		})
+	}
+}
+
+// runningCopy is the informer's view of build k after agent claimed it.
+func runningCopy(k BuildKey, agent string) Build {
+	var n int
+	fmt.Sscanf(string(k), "b%d", &n)
+	b := bld(string(k), int32(n%3), n)
+	b.Running, b.Agent = true, agent
+	return b
+}
+
+func TestNoAgentForSystem(t *testing.T) {
+	p := New(Options{})
+	armB := bld("arm", 0, 0)
+	armB.System = arm
+	kvmB := bld("vm", 0, 1)
+	kvmB.Requirements = []string{"kvm"}
+	p.UpsertBuild(armB)
+	p.UpsertBuild(kvmB)
+	p.UpsertAgent(agent("intel", 1))
+
+	steps := []struct {
+		name  string
+		event func()
+		want  []Wait
+		alloc []Allocation
+	}{
+		{
+			name:  "no agent nor pool",
+			event: func() {},
+			want: []Wait{
+				{Key: "arm", Reason: NoAgentForSystem, Message: "no agent or pool offers system aarch64-linux"},
+				{Key: "vm", Reason: NoAgentForSystem, Message: "no agent or pool for system x86_64-linux offers features kvm"},
+			},
+		},
+		{name: "unchanged", event: func() {}},
+		{
+			name:  "a pool at zero replicas clears the wait",
+			event: func() { p.UpsertPool(Pool{Name: "arm-pool", Systems: []string{arm}}) },
+			want:  []Wait{{Key: "arm"}},
+		},
+		{
+			name:  "pool removed",
+			event: func() { p.RemovePool("arm-pool") },
+			want:  []Wait{{Key: "arm", Reason: NoAgentForSystem, Message: "no agent or pool offers system aarch64-linux"}},
+		},
+		{
+			name:  "an agent with the feature clears it and gets the build",
+			event: func() { p.UpsertAgent(Agent{Name: "kvm", Systems: []string{x86}, Features: []string{"kvm"}, Slots: 1}) },
+			want:  []Wait{{Key: "vm"}},
+			alloc: []Allocation{{Key: "vm", Agent: "kvm"}},
+		},
+		{
+			name:  "that agent leaves again",
+			event: func() { p.RemoveAgent("kvm") },
+			want:  []Wait{{Key: "vm", Reason: NoAgentForSystem, Message: "no agent or pool for system x86_64-linux offers features kvm"}},
+			alloc: []Allocation{{Key: "vm"}},
+		},
+	}
+	for _, s := range steps {
+		s.event()
+		got := p.Plan(t0)
+		if diff := cmp.Diff(s.want, got.Waits, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: waits (-want +got):\n%s", s.name, diff)
+		}
+		if diff := cmp.Diff(s.alloc, got.Allocations, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: allocations (-want +got):\n%s", s.name, diff)
+		}
+		checkInvariants(t, p)
+	}
+	if got := p.Stats().Waiting; got[NoAgentForSystem] != 2 {
+		t.Errorf("Stats.Waiting = %v, want 2 NoAgentForSystem", got)
+	}
+}
+
+// TestDerivationOrdered walks a chain lib <- app <- test through builds and a GC.
+func TestDerivationOrdered(t *testing.T) {
+	p := New(Options{Strategy: DerivationOrdered})
+	p.UpsertAgent(agent("a", 4))
+	p.SetAvailable(drv("glibc"), true)
+	p.UpsertBuild(bld("lib", 0, 0, "glibc"))
+	p.UpsertBuild(bld("app", 0, 1, "lib", "glibc"))
+	p.UpsertBuild(bld("test", 0, 2, "app", "lib"))
+
+	steps := []struct {
+		name    string
+		event   func()
+		horizon []BuildKey
+		waits   []Wait
+	}{
+		{
+			name:    "only the build whose inputs are available is offered",
+			event:   func() {},
+			horizon: keys("lib"),
+			waits: []Wait{
+				{Key: "app", Reason: InputsPending, Message: "1 of 2 input derivations not yet built"},
+				{Key: "test", Reason: InputsPending, Message: "2 of 2 input derivations not yet built"},
+			},
+		},
+		{
+			name:    "lib built",
+			event:   func() { p.RemoveBuild("lib"); p.SetAvailable(drv("lib"), true) },
+			horizon: keys("app"),
+			waits:   []Wait{{Key: "app"}},
+		},
+		{
+			name:    "glibc's outputs deleted by GC: app waits again",
+			event:   func() { p.SetAvailable(drv("glibc"), false) },
+			horizon: nil,
+			waits:   []Wait{{Key: "app", Reason: InputsPending, Message: "1 of 2 input derivations not yet built"}},
+		},
+		{
+			name:    "re-checked: available again",
+			event:   func() { p.SetAvailable(drv("glibc"), true) },
+			horizon: keys("app"),
+			waits:   []Wait{{Key: "app"}},
+		},
+		{
+			name:    "app built, test runs",
+			event:   func() { p.RemoveBuild("app"); p.SetAvailable(drv("app"), true) },
+			horizon: keys("test"),
+			waits:   []Wait{{Key: "test"}},
+		},
+	}
+	for _, s := range steps {
+		s.event()
+		got := p.Plan(t0)
+		if diff := cmp.Diff(s.horizon, got.Horizons["a"], cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: horizon (-want +got):\n%s", s.name, diff)
+		}
+		if diff := cmp.Diff(s.waits, got.Waits, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: waits (-want +got):\n%s", s.name, diff)
+		}
+		checkInvariants(t, p)
+	}
+
+	// The basic strategy offers everything at once.
+	b := New(Options{Strategy: Basic})
+	b.UpsertAgent(agent("a", 4))
+	b.UpsertBuild(bld("lib", 0, 0, "glibc"))
+	b.UpsertBuild(bld("app", 0, 1, "lib", "glibc"))
+	if diff := cmp.Diff(keys("lib", "app"), b.Plan(t0).Horizons["a"]); diff != "" {
+		t.Errorf("basic: horizon (-want +got):\n%s", diff)
+	}
+}
+
+func TestDerivedPriority(t *testing.T) {
+	// leaf <- mid (no Build) <- top(prio 10); other (prio 5) unrelated.
+	build := func(p *Planner) {
+		p.UpsertAgent(agent("a", 1))
+		p.UpsertBuild(bld("leaf", 0, 0))
+		p.UpsertBuild(bld("other", 5, 1))
+		p.UpsertBuild(bld("mid", 0, 2, "leaf"))
+		p.UpsertBuild(bld("top", 10, 3, "mid"))
+		p.RemoveBuild("mid") // mid keeps its edges: top still needs it
+	}
+	cases := map[string]struct {
+		event   func(p *Planner)
+		ranks   map[BuildKey]Rank
+		horizon []BuildKey
+	}{
+		"inherited through a derivation without a build": {
+			event:   func(*Planner) {},
+			ranks:   map[BuildKey]Rank{"leaf": {10, 2}, "other": {5, 0}, "top": {10, 0}},
+			horizon: keys("leaf", "top"), // equal priority: the longer chain first
+		},
+		"raising the dependent raises the input": {
+			event:   func(p *Planner) { p.UpsertBuild(bld("top", 20, 3, "mid")) },
+			ranks:   map[BuildKey]Rank{"leaf": {20, 2}, "other": {5, 0}, "top": {20, 0}},
+			horizon: keys("leaf", "top"), // equal priority: the longer chain first
+		},
+		"a running dependent still counts": {
+			event: func(p *Planner) {
+				b := bld("top", 10, 3, "mid")
+				b.Running, b.Agent = true, "a"
+				p.UpsertBuild(b)
+			},
+			ranks:   map[BuildKey]Rank{"leaf": {10, 2}, "other": {5, 0}, "top": {10, 0}},
+			horizon: keys("leaf", "other"),
+		},
+		"removing the dependent lowers it": {
+			event:   func(p *Planner) { p.RemoveBuild("top") },
+			ranks:   map[BuildKey]Rank{"leaf": {0, 0}, "other": {5, 0}},
+			horizon: keys("other", "leaf"),
+		},
+		"an available middle needs nothing": {
+			event:   func(p *Planner) { p.SetAvailable(drv("mid"), true) },
+			ranks:   map[BuildKey]Rank{"leaf": {0, 0}, "other": {5, 0}, "top": {10, 0}},
+			horizon: keys("top", "other"),
+		},
+		"duplicate builds of one derivation": {
+			event: func(p *Planner) {
+				retry := bld("top", 30, 9, "mid")
+				retry.Key, retry.UID = "top-retry", "uid-retry"
+				p.UpsertBuild(retry)
+			},
+			ranks:   map[BuildKey]Rank{"leaf": {30, 2}, "other": {5, 0}, "top": {10, 0}, "top-retry": {30, 0}},
+			horizon: keys("leaf", "top-retry"),
+		},
+		"removing one duplicate keeps the other's demand": {
+			event: func(p *Planner) {
+				retry := bld("top", 30, 9, "mid")
+				retry.Key, retry.UID = "top-retry", "uid-retry"
+				p.UpsertBuild(retry)
+				p.RemoveBuild("top")
+			},
+			ranks:   map[BuildKey]Rank{"leaf": {30, 2}, "other": {5, 0}, "top-retry": {30, 0}},
+			horizon: keys("leaf", "top-retry"),
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := New(Options{})
+			build(p)
+			tc.event(p)
+			got := map[BuildKey]Rank{}
+			for _, k := range []BuildKey{"leaf", "other", "top", "top-retry"} {
+				if r, ok := p.Rank(k); ok {
+					got[k] = r
+				}
+			}
+			if diff := cmp.Diff(tc.ranks, got); diff != "" {
+				t.Errorf("ranks (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.horizon, p.Plan(t0).Horizons["a"]); diff != "" {
+				t.Errorf("horizon (-want +got):\n%s", diff)
+			}
+			checkInvariants(t, p)
+		})
+	}
+}
+
+func TestCriticalPathTieBreak(t *testing.T) {
+	p := New(Options{})
+	p.UpsertAgent(agent("a", 1))
+	p.UpsertBuild(bld("early", 0, 0))
+	p.UpsertBuild(bld("deep", 0, 5))
+	p.UpsertBuild(bld("shallow", 0, 6))
+	p.UpsertBuild(bld("d1", 0, 7, "deep"))
+	p.UpsertBuild(bld("d2", 0, 8, "d1"))
+	p.UpsertBuild(bld("s1", 0, 9, "shallow"))
+	got := p.Plan(t0).Horizons["a"]
+	if diff := cmp.Diff(keys("deep", "shallow"), got); diff != "" {
+		t.Errorf("horizon (-want +got):\n%s", diff)
+	}
+}
+
+func TestNotBefore(t *testing.T) {
+	p := New(Options{})
+	p.UpsertAgent(agent("a", 1))
+	later := bld("later", 9, 0)
+	later.NotBefore = t0.Add(time.Hour)
+	p.UpsertBuild(later)
+	p.UpsertBuild(bld("now", 0, 1))
+
+	got := p.Plan(t0)
+	want := Plan{
+		Allocations: []Allocation{{Key: "now", Agent: "a"}},
+		Waits:       []Wait{{Key: "later", Reason: Deferred, Message: "deferred until 2026-01-01T01:00:00Z"}},
+		Horizons:    map[string][]BuildKey{"a": keys("now")},
+		NextWake:    t0.Add(time.Hour),
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("before (-want +got):\n%s", diff)
+	}
+	got = p.Plan(t0.Add(time.Hour))
+	want = Plan{
+		Allocations: []Allocation{{Key: "later", Agent: "a", Priority: 9}},
+		Waits:       []Wait{{Key: "later"}},
+		Horizons:    map[string][]BuildKey{"a": keys("later", "now")},
+	}
+	if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("due (-want +got):\n%s", diff)
+	}
+	// A retry backoff moves an offered build out again.
+	retry := bld("now", 0, 1)
+	retry.NotBefore = t0.Add(2 * time.Hour)
+	p.UpsertBuild(retry)
+	got = p.Plan(t0.Add(time.Hour))
+	if diff := cmp.Diff(keys("later"), got.Horizons["a"]); diff != "" {
+		t.Errorf("backoff horizon (-want +got):\n%s", diff)
+	}
+	if !got.NextWake.Equal(t0.Add(2 * time.Hour)) {
+		t.Errorf("NextWake = %v, want %v", got.NextWake, t0.Add(2*time.Hour))
+	}
+	checkInvariants(t, p)
+}
+
+// TestNodeRelease: derivations nothing needs are forgotten, available ones kept as markers.
+func TestNodeRelease(t *testing.T) {
+	p := New(Options{Strategy: DerivationOrdered})
+	p.UpsertAgent(agent("a", 1))
+	p.UpsertBuild(bld("app", 0, 0, "lib", "glibc"))
+	p.SetAvailable(drv("glibc"), true)
+	if got := p.Stats().Derivations; got != 3 {
+		t.Fatalf("Derivations = %d, want 3", got)
+	}
+	p.RemoveBuild("app")
+	if got := p.Stats().Derivations; got != 1 {
+		t.Errorf("after removal Derivations = %d, want 1 (glibc, available)", got)
+	}
+	if !p.Available(drv("glibc")) {
+		t.Errorf("glibc forgotten")
+	}
+	p.UpsertBuild(bld("app2", 0, 0, "glibc"))
+	if w, _ := p.CurrentWait("app2"); w.Reason != NotWaiting {
+		t.Errorf("app2 waits %+v, want nothing", w)
+	}
+	checkInvariants(t, p)
+}
+
+// TestIncrementalMatchesRecompute drives random events and checks every derived value
+// against a from-scratch computation over the same edges.
+func TestIncrementalMatchesRecompute(t *testing.T) {
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		p := New(Options{Strategy: DerivationOrdered})
+		p.UpsertAgent(agent("a", 3))
+		const n = 60
+		inputs := make([][]string, n)
+		for i := range n {
+			for range rng.IntN(4) {
+				if i > 0 {
+					inputs[i] = append(inputs[i], fmt.Sprintf("d%d", rng.IntN(i)))
+				}
+			}
+		}
+		for step := range 400 {
+			i := rng.IntN(n)
+			k := fmt.Sprintf("d%d", i)
+			switch op := rng.IntN(10); {
+			case op < 4:
+				b := bld(k, int32(rng.IntN(5)), step, inputs[i]...)
+				b.Running = rng.IntN(5) == 0
+				if rng.IntN(2) == 0 {
+					b.Key += "-retry"
+					b.UID += "-retry"
+				}
+				p.UpsertBuild(b)
+			case op < 6:
+				p.RemoveBuild(BuildKey(k))
+			case op < 8:
+				p.SetAvailable(drv(k), rng.IntN(3) > 0)
+			default:
+				p.Plan(t0)
+			}
+			checkInvariants(t, p)
+			if t.Failed() {
+				t.Fatalf("seed %d step %d", seed, step)
+			}
+		}
+	}
+}
+
+// checkInvariants recomputes derived priorities, chain lengths, missing counters and heap
+// order from scratch and compares them with the incremental state.
+func checkInvariants(t *testing.T, p *Planner) {
+	t.Helper()
+	type val struct{ inh, cp int32 }
+	memo := map[int32]val{}
+	var get func(ni int32) val
+	contrib := func(ni int32, v val) contrib {
+		n := &p.nodes[ni]
+		if n.nbuilds > 0 {
+			return contribOfVals(max(n.own, v.inh), v.cp+1)
+		}
+		if !n.available && v.inh != noPrio {
+			return contribOfVals(v.inh, v.cp+1)
+		}
+		return contribOfVals(noPrio, 0)
+	}
+	get = func(ni int32) val {
+		if v, ok := memo[ni]; ok {
+			return v
+		}
+		v := val{noPrio, 0}
+		for _, d := range p.nodes[ni].deps {
+			c := contrib(d, get(d))
+			v.inh, v.cp = max(v.inh, c.v), max(v.cp, c.c)
+		}
+		memo[ni] = v
+		return v
+	}
+	for ni := range p.nodes {
+		n := &p.nodes[ni]
+		if !n.live {
+			continue
+		}
+		if v := get(int32(ni)); v.inh != n.inh || v.cp != n.cp {
+			t.Errorf("node %s: inh,cp = %d,%d, recomputed %d,%d", n.drv, n.inh, n.cp, v.inh, v.cp)
+		}
+		var missing int32
+		for _, ii := range n.inputs {
+			if !p.nodes[ii].available {
+				missing++
+			}
+			if !containsInt(p.nodes[ii].deps, int32(ni)) {
+				t.Errorf("node %s: input %s lacks the back edge", n.drv, p.nodes[ii].drv)
+			}
+		}
+		if missing != n.missing {
+			t.Errorf("node %s: missing %d, recomputed %d", n.drv, n.missing, missing)
+		}
+		if n.own != p.ownOf(int32(ni)) {
+			t.Errorf("node %s: own %d, recomputed %d", n.drv, n.own, p.ownOf(int32(ni)))
+		}
+	}
+	for k, bi := range p.byKey {
+		b := &p.builds[bi]
+		n := &p.nodes[b.node]
+		if b.eff != max(b.prio, n.inh) || b.cp != n.cp {
+			t.Errorf("build %s: key %d/%d, want %d/%d", k, b.eff, b.cp, max(b.prio, n.inh), n.cp)
+		}
+		if want := p.desired(bi); b.loc != want {
+			t.Errorf("build %s: loc %d, want %d", k, b.loc, want)
+		}
+	}
+	allocated := 0
+	for k, bi := range p.byKey {
+		b := &p.builds[bi]
+		if b.loc == locRunning || b.agent == "" {
+			continue
+		}
+		allocated++
+		if _, ok := p.allocs[b.agent][bi]; !ok {
+			t.Errorf("build %s allocated to %s is missing from the allocation index", k, b.agent)
+		}
+	}
+	indexed := 0
+	for _, s := range p.allocs {
+		indexed += len(s)
+	}
+	if indexed != allocated {
+		t.Errorf("allocation index holds %d builds, model %d", indexed, allocated)
+	}
+	for _, c := range p.classes {
+		for i, bi := range c.heap.items {
+			if p.builds[bi].heapPos != int32(i) {
+				t.Errorf("heap position of %s: %d, is at %d", p.builds[bi].key, p.builds[bi].heapPos, i)
+			}
+			if i > 0 && p.better(bi, c.heap.items[(i-1)/2]) {
+				t.Errorf("heap order broken at %s", p.builds[bi].key)
+			}
+		}
+	}
+}
+
+func contribOfVals(v, c int32) contrib { return contrib{v, c} }
+
+func containsInt(s []int32, x int32) bool {
+	for _, y := range s {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
