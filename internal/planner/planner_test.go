@@ -162,7 +162,7 @@ func TestStickiness(t *testing.T) {
 			wantChanges: 2, // it is allocated, the lowest-ranked one is withdrawn
 		},
 		"agent removed": {
-			event:       func(p *Planner, _ Plan) { p.RemoveAgent("a7") },
+			event: func(p *Planner, _ Plan) { p.RemoveAgent("a7") },
 			// The lowest four of the 40 are withdrawn; a7's builds that still rank in the
 			// top 36 move to the agents those four leave.
 			wantChanges: 7,
