@@ -15,7 +15,8 @@ import (
 // lzip framing over ulikunitz/xz/lzma. sorairolake/lzip-go buffers a whole
 // member in memory on both sides (bytes.Buffer when writing, io.ReadAll
 // when reading), which a multi-gigabyte nar cannot afford; the format is
-// simple enough to stream: a 6-byte header ("LZIP", version 1, coded
+// simple enough to stream (the LZMA encoder holds at most its dictionary,
+// ≤ 32 MiB at level 9): a 6-byte header ("LZIP", version 1, coded
 // dictionary size), a raw LZMA stream with an end marker (lc=3 lp=0 pb=2),
 // and a 20-byte trailer (CRC32 and size of the data, size of the member).
 
