@@ -42,7 +42,9 @@ func (p *parser) errorf(format string, args ...any) error {
 	return fmt.Errorf("sexp: at byte %d: %s", p.pos, fmt.Sprintf(format, args...))
 }
 
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' }
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}
 
 func (p *parser) skipSpace() {
 	for p.pos < len(p.in) && isSpace(p.in[p.pos]) {

@@ -45,7 +45,11 @@ type GuixPublicKey struct {
 
 // GuixSecretKey is a Guix signing key (/etc/guix/signing-key.sec).
 type GuixSecretKey struct {
-	d   *edwards25519.Scalar
+	d *edwards25519.Scalar
+	// dBE is d as the key file has it, 32 bytes big-endian. libgcrypt
+	// generates d up to 2^256, not reduced mod n; the RFC 6979 nonce is
+	// derived from these bytes, so keep them to sign exactly as libgcrypt.
+	dBE []byte
 	pub GuixPublicKey
 }
 
@@ -68,7 +72,7 @@ func (k GuixSecretKey) Sexp() sexp.Node {
 	return sexp.Named("private-key", sexp.Named("ecc",
 		sexp.Named("curve", sexp.Token("Ed25519")),
 		sexp.Named("q", sexp.Atom(k.pub.Q[:])),
-		sexp.Named("d", sexp.Atom(mpi(beBytes(k.d))))))
+		sexp.Named("d", sexp.Atom(mpi(k.dBE)))))
 }
 
 // Text returns the signing-key.sec file contents (advanced form).
@@ -89,13 +93,13 @@ func GenerateGuixKey(rand io.Reader) (GuixSecretKey, error) {
 		if d.Equal(edwards25519.NewScalar()) == 1 {
 			continue
 		}
-		return newSecretKey(d), nil
+		return newSecretKey(d, beBytes(d)), nil
 	}
 }
 
-func newSecretKey(d *edwards25519.Scalar) GuixSecretKey {
+func newSecretKey(d *edwards25519.Scalar, dBE []byte) GuixSecretKey {
 	var k GuixSecretKey
-	k.d = d
+	k.d, k.dBE = d, dBE
 	copy(k.pub.Q[:], new(edwards25519.Point).ScalarBaseMult(d).Bytes())
 	return k
 }
@@ -125,11 +129,17 @@ func ParseGuixSecretKey(sexpText []byte) (GuixSecretKey, error) {
 	if !ok || !ok2 {
 		return GuixSecretKey{}, fmt.Errorf("guix secret key: missing (d #..#)")
 	}
-	d, err := scalarFromBE(dBytes)
-	if err != nil || d.Equal(edwards25519.NewScalar()) == 1 {
-		return GuixSecretKey{}, fmt.Errorf("guix secret key: d is not a scalar in [1, n)")
+	dBytes = bytes.TrimLeft(dBytes, "\x00")
+	if len(dBytes) > 32 {
+		return GuixSecretKey{}, fmt.Errorf("guix secret key: d has %d bytes, want at most 32", len(dBytes))
 	}
-	k := newSecretKey(d)
+	dBE := make([]byte, 32)
+	copy(dBE[32-len(dBytes):], dBytes)
+	d := scalarFromBig(new(big.Int).SetBytes(dBE))
+	if d.Equal(edwards25519.NewScalar()) == 1 {
+		return GuixSecretKey{}, fmt.Errorf("guix secret key: d is 0 mod n")
+	}
+	k := newSecretKey(d, dBE)
 	if qList, ok := ecc.Find("q"); ok {
 		q, err := parseQ(qList)
 		if err != nil {
@@ -256,7 +266,7 @@ func (k GuixSecretKey) SignNarinfo(body []byte) []byte {
 // SignHash signs a SHA-256 digest and returns the signature sexp.
 func (k GuixSecretKey) SignHash(h []byte) sexp.Node {
 	e := hashToScalar(h)
-	nonces := newRFC6979(beBytes(k.d), h)
+	nonces := newRFC6979(k.dBE, h)
 	for {
 		kk := nonces.next()
 		r := affineXModN(new(edwards25519.Point).ScalarBaseMult(kk))
@@ -361,6 +371,11 @@ func parseSignature(text []byte) (parsedSig, error) {
 }
 
 func verifyHash(pub GuixPublicKey, h, rBytes, sBytes []byte) bool {
+	return verifyDigest(pub, hashToScalar(h), rBytes, sBytes)
+}
+
+// verifyDigest is the ECDSA check for the digest scalar e.
+func verifyDigest(pub GuixPublicKey, e *edwards25519.Scalar, rBytes, sBytes []byte) bool {
 	r, err := scalarFromBE(rBytes)
 	if err != nil {
 		return false
@@ -378,7 +393,7 @@ func verifyHash(pub GuixPublicKey, h, rBytes, sBytes []byte) bool {
 		return false
 	}
 	w := edwards25519.NewScalar().Invert(s)
-	u1 := edwards25519.NewScalar().Multiply(hashToScalar(h), w)
+	u1 := edwards25519.NewScalar().Multiply(e, w)
 	u2 := edwards25519.NewScalar().Multiply(r, w)
 	P := new(edwards25519.Point).VarTimeDoubleScalarBaseMult(u2, Q, u1)
 	if P.Equal(edwards25519.NewIdentityPoint()) == 1 {
