@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/guixfarm/guix-farm/internal/sexp"
 )
@@ -252,12 +253,27 @@ func TestGuixSignatureField(t *testing.T) {
 	}
 }
 
+// reportRatio adds the benchmark's time per op as a multiple of baseline's,
+// timed right after it for as many iterations, so figures compare across
+// machines. (testing.Benchmark cannot run inside a benchmark.)
+func reportRatio(b *testing.B, unit string, baseline func()) {
+	b.Helper()
+	perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		baseline()
+	}
+	b.ReportMetric(perOp/(float64(time.Since(start).Nanoseconds())/float64(b.N)), unit)
+}
+
 func BenchmarkGuixSign(b *testing.B) {
 	k := g2Key(b)
 	body := []byte(g2Body)
 	for b.Loop() {
 		k.SignNarinfo(body)
 	}
+	nix := mustNixSec(b, n3Secret)
+	reportRatio(b, "x_ed25519_sign", func() { nix.Sign(g2Body) })
 }
 
 func BenchmarkGuixVerify(b *testing.B) {
@@ -270,4 +286,8 @@ func BenchmarkGuixVerify(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	nix := mustNixSec(b, n3Secret)
+	nixSig := nix.Sign(g2Body)
+	pubs := []NixPublicKey{nix.Public()}
+	reportRatio(b, "x_ed25519_verify", func() { VerifyNix(pubs, g2Body, nixSig) })
 }
