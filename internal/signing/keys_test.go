@@ -2,6 +2,7 @@ package signing
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -102,5 +103,39 @@ func TestKeysFromSecretData(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want it to mention %q", name, err, c.want)
 		}
+	}
+}
+
+// TestNixStoreGeneratedKey loads a key pair made by the real nix-store.
+func TestNixStoreGeneratedKey(t *testing.T) {
+	bin, err := exec.LookPath("nix-store")
+	if err != nil {
+		if os.Getenv("GUIXFARM_REQUIRE_TESTBED") == "1" {
+			t.Fatal("nix-store not found; install it with `hack/tools.sh nix`")
+		}
+		t.Skip("nix-store not found; install it with `hack/tools.sh nix`")
+	}
+	dir := t.TempDir()
+	sk, pk := filepath.Join(dir, "sk"), filepath.Join(dir, "pk")
+	cmd := exec.Command(bin, "--generate-binary-cache-key", "farm-1", sk, pk)
+	// Keep nix away from any daemon or store: the command only writes files.
+	cmd.Env = []string{"HOME=" + dir, "NIX_STATE_DIR=" + dir, "PATH=" + os.Getenv("PATH")}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nix-store --generate-binary-cache-key: %v\n%s", err, out)
+	}
+	k, err := LoadKeysFromFiles(sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubText, _ := os.ReadFile(pk)
+	pub, err := ParseNixPublicKey(string(pubText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Nix[0].Public().String() != pub.String() {
+		t.Errorf("secret key's public half %s, nix wrote %s", k.Nix[0].Public(), pub)
+	}
+	if _, err := LoadKeysFromFiles(pk); err == nil || !strings.Contains(err.Error(), "Nix public key") {
+		t.Errorf("loading the public key file: %v", err)
 	}
 }
