@@ -54,11 +54,16 @@ type build struct {
 	live      bool
 }
 
-// better is the total planning order: effective priority, critical path, FIFO, UID, key.
+// better is the total planning order: effective priority, then builds already allocated
+// (stickiness: among equals, a horizon entry is not displaced by a newcomer), critical path,
+// FIFO, UID, key.
 func (p *Planner) better(i, j int32) bool {
 	a, b := &p.builds[i], &p.builds[j]
 	if a.eff != b.eff {
 		return a.eff > b.eff
+	}
+	if ha, hb := a.agent != "", b.agent != ""; ha != hb {
+		return ha
 	}
 	if a.cp != b.cp {
 		return a.cp > b.cp
@@ -174,11 +179,11 @@ func (p *Planner) updateBuild(bi int32, in Build, prio int32) {
 		p.nodes[ni].own = p.ownOf(ni)
 		p.refreshKeys(ni) // this build's key, and the node's value if own changed
 		p.propagate(ni, old)
-		if b := &p.builds[bi]; b.loc == locReady {
-			p.classes[b.class].heap.fix(p, b.heapPos) // created is part of the key too
-		}
 	}
 	p.relocate(bi)
+	if b := &p.builds[bi]; b.loc == locReady {
+		p.classes[b.class].heap.fix(p, b.heapPos) // created and agent are part of the key too
+	}
 	p.markDirty(bi)
 }
 

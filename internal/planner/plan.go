@@ -37,7 +37,11 @@ func (p *Planner) Plan(now time.Time) Plan {
 		if b.agent != name {
 			out.Allocations = append(out.Allocations, Allocation{Key: b.key, Agent: name, Priority: b.eff})
 			p.trackAlloc(bi, b.agent, name)
+			held := b.agent != ""
 			b.agent = name
+			if !held {
+				p.classes[b.class].heap.fix(p, b.heapPos)
+			}
 		}
 	}
 	var withdrawn []Allocation
@@ -49,6 +53,9 @@ func (p *Planner) Plan(now time.Time) Plan {
 			}
 			withdrawn = append(withdrawn, Allocation{Key: b.key, Priority: b.eff})
 			b.agent = ""
+			if b.loc == locReady {
+				p.classes[b.class].heap.fix(p, b.heapPos)
+			}
 			delete(set, bi)
 		}
 		if len(set) == 0 {
@@ -160,22 +167,64 @@ func (p *Planner) stick(sel, first []int32) []int32 {
 				continue
 			}
 		}
+		out[k] = -1
 		rest = append(rest, k)
 	}
 	if len(rest) == 0 {
 		return out
 	}
 	ah := p.agentHeaps(room)
+	var on map[int32][]int // agent -> indices into sel placed on it, built on first need
 	for _, k := range rest {
 		c := p.classes[p.builds[sel[k]].class]
-		ai := p.pickAgent(c, ah, room)
-		if ai < 0 {
+		if ai := p.pickAgent(c, ah, room); ai >= 0 {
+			ah.take(p.agents[ai].group, room)
+			out[k] = ai
+			if on != nil {
+				on[ai] = append(on[ai], k)
+			}
+			continue
+		}
+		// Every eligible agent is full of kept builds (capabilities overlap, e.g. plain
+		// builds kept on kvm agents). Move one of them to an agent with room instead.
+		if on == nil {
+			on = map[int32][]int{}
+			for k2, ai := range out {
+				if ai >= 0 {
+					on[ai] = append(on[ai], k2)
+				}
+			}
+		}
+		if !p.displace(k, c, sel, out, on, ah, room) {
 			return first
 		}
-		ah.take(p.agents[ai].group, room)
-		out[k] = ai
 	}
 	return out
+}
+
+// displace places sel[k] on an eligible full agent by moving that agent's lowest-ranked build
+// that fits elsewhere to an agent with room: one step of an augmenting path, so a conflict
+// costs one extra move instead of a reshuffle.
+func (p *Planner) displace(k int, c *class, sel, out []int32, on map[int32][]int, ah *agentHeaps, room []int) bool {
+	for _, gi := range c.groups {
+		for _, ai := range p.groups[gi].agents {
+			placed := on[ai]
+			for j := len(placed) - 1; j >= 0; j-- {
+				k2 := placed[j]
+				to := p.pickAgent(p.classes[p.builds[sel[k2]].class], ah, room)
+				if to < 0 {
+					continue
+				}
+				ah.take(p.agents[to].group, room)
+				out[k2] = to
+				on[to] = append(on[to], k2)
+				placed[j] = k
+				out[k] = ai
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // agentHeaps is, per capability group, a heap of agents with room: most room first, then name.
