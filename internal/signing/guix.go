@@ -75,6 +75,12 @@ func (k GuixSecretKey) Sexp() sexp.Node {
 		sexp.Named("d", sexp.Atom(mpi(k.dBE)))))
 }
 
+// String names the key by its public half without revealing d.
+func (k GuixSecretKey) String() string { return fmt.Sprintf("guix secret key q=%X", k.pub.Q) }
+
+// GoString keeps %#v from printing d.
+func (k GuixSecretKey) GoString() string { return k.String() }
+
 // Text returns the signing-key.sec file contents (advanced form).
 func (k GuixSecretKey) Text() []byte { return k.Sexp().Advanced() }
 

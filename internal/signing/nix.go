@@ -73,10 +73,17 @@ func (k NixSecretKey) Public() NixPublicKey {
 	return NixPublicKey{Name: k.Name, Key: k.Key.Public().(ed25519.PublicKey)}
 }
 
-// String renders the secret key in Nix's file format.
-func (k NixSecretKey) String() string {
+// Text renders the secret key in Nix's file format. String deliberately
+// does not, so logging a key never leaks it.
+func (k NixSecretKey) Text() string {
 	return k.Name + ":" + base64.StdEncoding.EncodeToString(k.Key)
 }
+
+// String names the key without revealing it.
+func (k NixSecretKey) String() string { return "nix secret key " + k.Name }
+
+// GoString keeps %#v from printing the key bytes.
+func (k NixSecretKey) GoString() string { return k.String() }
 
 // String renders the public key as clients write it in trusted-public-keys.
 func (k NixPublicKey) String() string {

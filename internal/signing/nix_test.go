@@ -1,6 +1,7 @@
 package signing
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -67,8 +68,8 @@ func TestNixVectors(t *testing.T) {
 				return
 			}
 			sec := mustNixSec(t, c.secret)
-			if sec.String() != c.secret {
-				t.Errorf("secret key round trip: %q", sec.String())
+			if sec.Text() != c.secret {
+				t.Errorf("secret key round trip: %q", sec.Text())
 			}
 			if got := sec.Public().String(); got != c.public {
 				t.Errorf("Public() = %q, want %q", got, c.public)
@@ -77,6 +78,20 @@ func TestNixVectors(t *testing.T) {
 				t.Errorf("Sign = %q, want %q", got, c.sig)
 			}
 		})
+	}
+}
+
+func TestSecretsStayOutOfLogs(t *testing.T) {
+	g, err := ParseGuixSecretKey([]byte("(private-key (ecc (curve Ed25519) (d #0EDC0AC274390B2F4676958FBB35C0BE484BC71D43842E9EE4A5BFEBD332ABD1#)))"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := Keys{Nix: []NixSecretKey{mustNixSec(t, n3Secret)}, Guix: &g, Host: "h"}
+	for _, format := range []string{"%v", "%+v", "%#v", "%s"} {
+		out := fmt.Sprintf(format, keys)
+		if strings.Contains(out, "hY9VwhCb") || strings.Contains(out, "0EDC0AC2") || strings.Contains(strings.ToLower(out), "0edc0ac2") {
+			t.Errorf("%s leaks a secret: %s", format, out)
+		}
 	}
 }
 
