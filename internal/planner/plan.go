@@ -114,13 +114,13 @@ func (p *Planner) selectBuilds() (sel, assign []int32) {
 	if total == 0 {
 		return nil, nil
 	}
-	ah := p.agentHeaps(room)
+	pl := &placer{p: p, ah: p.agentHeaps(room), room: room,
+		sel: make([]int32, 0, total), out: make([]int32, 0, total)}
 	dead := make([]bool, len(p.classes))
-	var fr frontier
-	fr.p = p
+	fr := frontier{p: p, items: make([]entry, 0, 2*total+len(p.classes))}
 	for ci, c := range p.classes {
-		if len(c.heap.items) > 0 && p.pickAgent(c, ah, room) >= 0 {
-			fr.push(entry{bi: c.heap.items[0], ci: int32(ci), pos: 0})
+		if len(c.heap.items) > 0 && p.pickAgent(c, pl.ah, room) >= 0 {
+			fr.push(c, int32(ci), 0)
 		}
 	}
 	for len(fr.items) > 0 && total > 0 {
@@ -129,28 +129,29 @@ func (p *Planner) selectBuilds() (sel, assign []int32) {
 			continue
 		}
 		c := p.classes[e.ci]
-		ai := p.pickAgent(c, ah, room)
-		if ai < 0 {
+		k := len(pl.sel)
+		pl.sel, pl.out = append(pl.sel, e.bi), append(pl.out, -1)
+		if ai := p.pickAgent(c, pl.ah, room); ai >= 0 {
+			pl.put(k, ai)
+		} else if !pl.displace(k, c) {
+			pl.sel, pl.out = pl.sel[:k], pl.out[:k]
 			dead[e.ci] = true
 			continue
 		}
-		ah.take(p.agents[ai].group, room)
 		total--
-		sel = append(sel, e.bi)
-		assign = append(assign, ai)
 		for _, child := range [2]int32{2*e.pos + 1, 2*e.pos + 2} {
 			if int(child) < len(c.heap.items) {
-				fr.push(entry{bi: c.heap.items[child], ci: e.ci, pos: child})
+				fr.push(c, e.ci, child)
 			}
 		}
 	}
-	return sel, assign
+	return pl.sel, pl.out
 }
 
 // stick keeps every selected build on its current agent while that agent still qualifies
 // and has room (best-ranked first), then places the others on the eligible agent with the
-// most room left. If that greedy cannot place everything (overlapping capabilities), it falls
-// back to the selection's own placement.
+// most room left. If that cannot place everything even with displacement (overlapping
+// capabilities), it falls back to the selection's own placement.
 func (p *Planner) stick(sel, first []int32) []int32 {
 	if len(sel) == 0 {
 		return first
@@ -173,53 +174,61 @@ func (p *Planner) stick(sel, first []int32) []int32 {
 	if len(rest) == 0 {
 		return out
 	}
-	ah := p.agentHeaps(room)
-	var on map[int32][]int // agent -> indices into sel placed on it, built on first need
+	pl := &placer{p: p, ah: p.agentHeaps(room), room: room, sel: sel, out: out}
 	for _, k := range rest {
 		c := p.classes[p.builds[sel[k]].class]
-		if ai := p.pickAgent(c, ah, room); ai >= 0 {
-			ah.take(p.agents[ai].group, room)
-			out[k] = ai
-			if on != nil {
-				on[ai] = append(on[ai], k)
-			}
-			continue
-		}
-		// Every eligible agent is full of kept builds (capabilities overlap, e.g. plain
-		// builds kept on kvm agents). Move one of them to an agent with room instead.
-		if on == nil {
-			on = map[int32][]int{}
-			for k2, ai := range out {
-				if ai >= 0 {
-					on[ai] = append(on[ai], k2)
-				}
-			}
-		}
-		if !p.displace(k, c, sel, out, on, ah, room) {
+		if ai := p.pickAgent(c, pl.ah, room); ai >= 0 {
+			pl.put(k, ai)
+		} else if !pl.displace(k, c) {
 			return first
 		}
 	}
 	return out
 }
 
-// displace places sel[k] on an eligible full agent by moving that agent's lowest-ranked build
+// placer records where selected builds go during one pass.
+type placer struct {
+	p        *Planner
+	ah       *agentHeaps
+	room     []int
+	sel, out []int32         // out[k] is sel[k]'s agent, -1 not placed yet
+	on       map[int32][]int // agent -> indices placed on it, built on first displacement
+}
+
+func (pl *placer) put(k int, ai int32) {
+	pl.ah.take(pl.p.agents[ai].group, pl.room)
+	pl.out[k] = ai
+	if pl.on != nil {
+		pl.on[ai] = append(pl.on[ai], k)
+	}
+}
+
+// displace places sel[k] on a full eligible agent by moving that agent's lowest-ranked build
 // that fits elsewhere to an agent with room: one step of an augmenting path, so a conflict
-// costs one extra move instead of a reshuffle.
-func (p *Planner) displace(k int, c *class, sel, out []int32, on map[int32][]int, ah *agentHeaps, room []int) bool {
+// of overlapping capabilities (plain builds filling kvm agents) costs one extra move instead
+// of a lost slot or a reshuffle.
+func (pl *placer) displace(k int, c *class) bool {
+	p := pl.p
+	if pl.on == nil {
+		pl.on = map[int32][]int{}
+		for k2, ai := range pl.out {
+			if ai >= 0 {
+				pl.on[ai] = append(pl.on[ai], k2)
+			}
+		}
+	}
 	for _, gi := range c.groups {
 		for _, ai := range p.groups[gi].agents {
-			placed := on[ai]
+			placed := pl.on[ai]
 			for j := len(placed) - 1; j >= 0; j-- {
 				k2 := placed[j]
-				to := p.pickAgent(p.classes[p.builds[sel[k2]].class], ah, room)
+				to := p.pickAgent(p.classes[p.builds[pl.sel[k2]].class], pl.ah, pl.room)
 				if to < 0 {
 					continue
 				}
-				ah.take(p.agents[to].group, room)
-				out[k2] = to
-				on[to] = append(on[to], k2)
 				placed[j] = k
-				out[k] = ai
+				pl.out[k] = ai
+				pl.put(k2, to)
 				return true
 			}
 		}
@@ -301,8 +310,12 @@ func (p *Planner) pickAgent(c *class, ah *agentHeaps, room []int) int32 {
 }
 
 // frontier merges the class heaps: it holds the next candidate positions of each class.
+// Entries carry a copy of the order key, so the walk rarely touches the builds array.
 type entry struct {
+	created     int64
+	eff, cp     int32
 	bi, ci, pos int32
+	held        bool
 }
 
 type frontier struct {
@@ -310,12 +323,28 @@ type frontier struct {
 	items []entry
 }
 
-func (f *frontier) push(e entry) {
-	f.items = append(f.items, e)
+func (f *frontier) less(a, b *entry) bool {
+	switch {
+	case a.eff != b.eff:
+		return a.eff > b.eff
+	case a.held != b.held:
+		return a.held
+	case a.cp != b.cp:
+		return a.cp > b.cp
+	case a.created != b.created:
+		return a.created < b.created
+	}
+	return f.p.better(a.bi, b.bi)
+}
+
+func (f *frontier) push(c *class, ci, pos int32) {
+	bi := c.heap.items[pos]
+	b := &f.p.builds[bi]
+	f.items = append(f.items, entry{created: b.created, eff: b.eff, cp: b.cp, bi: bi, ci: ci, pos: pos, held: b.agent != ""})
 	i := len(f.items) - 1
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !f.p.better(f.items[i].bi, f.items[parent].bi) {
+		if !f.less(&f.items[i], &f.items[parent]) {
 			break
 		}
 		f.items[i], f.items[parent] = f.items[parent], f.items[i]
@@ -335,10 +364,10 @@ func (f *frontier) pop() entry {
 			break
 		}
 		c := l
-		if r := l + 1; r < len(f.items) && f.p.better(f.items[r].bi, f.items[l].bi) {
+		if r := l + 1; r < len(f.items) && f.less(&f.items[r], &f.items[l]) {
 			c = r
 		}
-		if !f.p.better(f.items[c].bi, f.items[i].bi) {
+		if !f.less(&f.items[c], &f.items[i]) {
 			break
 		}
 		f.items[i], f.items[c] = f.items[c], f.items[i]

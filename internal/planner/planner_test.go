@@ -91,6 +91,14 @@ func TestHorizons(t *testing.T) {
 			},
 			want: map[string][]BuildKey{"intel": keys("x", "z"), "arm": keys("y")},
 		},
+		"overlapping capabilities: a plain build makes way on the kvm agent": {
+			agents: []Agent{
+				{Name: "kvm", Systems: []string{x86}, Features: []string{"kvm"}, Slots: 1},
+				{Name: "plain", Systems: []string{x86}, Slots: 1, Running: 1},
+			},
+			builds: []Build{bld("p1", 0, 1), bld("p2", 0, 2), withSys(bld("v", 0, 3), x86, "kvm")},
+			want:   map[string][]BuildKey{"kvm": keys("p1", "v"), "plain": keys("p2")},
+		},
 		"requirements": {
 			agents: []Agent{{Name: "kvm", Systems: []string{x86}, Features: []string{"kvm", "big-parallel"}, Slots: 1}, agent("plain", 2)},
 			builds: []Build{
