@@ -191,8 +191,8 @@ type placer struct {
 	p        *Planner
 	ah       *agentHeaps
 	room     []int
-	sel, out []int32         // out[k] is sel[k]'s agent, -1 not placed yet
-	on       map[int32][]int // agent -> indices placed on it, built on first displacement
+	sel, out []int32 // out[k] is sel[k]'s agent, -1 not placed yet
+	on       [][]int // agent -> indices placed on it, built on first displacement
 }
 
 func (pl *placer) put(k int, ai int32) {
@@ -210,20 +210,34 @@ func (pl *placer) put(k int, ai int32) {
 func (pl *placer) displace(k int, c *class) bool {
 	p := pl.p
 	if pl.on == nil {
-		pl.on = map[int32][]int{}
+		// One backing array: an agent never holds more than its horizon capacity.
+		caps, total := p.capacities()
+		buf := make([]int, total)
+		pl.on = make([][]int, len(p.agents))
+		off := 0
+		for ai, n := range caps {
+			pl.on[ai] = buf[off : off : off+n]
+			off += n
+		}
 		for k2, ai := range pl.out {
 			if ai >= 0 {
 				pl.on[ai] = append(pl.on[ai], k2)
 			}
 		}
 	}
+	noRoom := make([]bool, len(p.classes)) // classes already known to have no room left
 	for _, gi := range c.groups {
 		for _, ai := range p.groups[gi].agents {
 			placed := pl.on[ai]
 			for j := len(placed) - 1; j >= 0; j-- {
 				k2 := placed[j]
-				to := p.pickAgent(p.classes[p.builds[pl.sel[k2]].class], pl.ah, pl.room)
+				ci := p.builds[pl.sel[k2]].class
+				if noRoom[ci] {
+					continue
+				}
+				to := p.pickAgent(p.classes[ci], pl.ah, pl.room)
 				if to < 0 {
+					noRoom[ci] = true
 					continue
 				}
 				placed[j] = k
