@@ -1,0 +1,576 @@
+package bucket
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/go-logr/logr"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/lifecycle"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/guixfarm/guix-farm/internal/compress"
+	"github.com/guixfarm/guix-farm/internal/nar"
+	"github.com/guixfarm/guix-farm/internal/narinfo"
+	"github.com/guixfarm/guix-farm/internal/signing"
+	"github.com/guixfarm/guix-farm/internal/storepath"
+)
+
+// StoreItem is one store path to publish.
+type StoreItem struct {
+	// StorePath is the full path, e.g. /gnu/store/<hash>-hello.
+	StorePath string
+	// References are store paths or base names the item refers to
+	// (itself included if it does), as the daemon reports them.
+	References []string
+	// ScanReferences, when set, are candidate store paths: those whose hash
+	// part occurs in the NAR are added to References (Nix's scan).
+	ScanReferences []string
+	// Deriver is the .drv path or base name, if known.
+	Deriver string
+	System  string
+	CA      string
+	// NarHash ("sha256:<nixbase32>", "sha256:<hex>" or bare hex, as the
+	// daemon reports it) and NarSize, if known. When NarHash is empty the
+	// publisher reads the NAR twice: once to hash it (its object name is
+	// the NarHash), once to upload it.
+	NarHash string
+	NarSize uint64
+	// Open returns the item's NAR stream; it may be called more than once
+	// (hashing pass, retries).
+	Open func(ctx context.Context) (io.ReadCloser, error)
+}
+
+// DiskItem is a store item whose files are at dir on this machine (the
+// store mounted in the agent pod, or a test store's host path).
+func DiskItem(storePath, dir string) StoreItem {
+	return StoreItem{StorePath: storePath, Open: func(ctx context.Context) (io.ReadCloser, error) {
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(nar.Dump(pw, dir)) }()
+		return pr, nil
+	}}
+}
+
+// Result says what Publish did.
+type Result struct {
+	NarInfo    *narinfo.NarInfo
+	NarInfoKey string
+	NarKey     string
+	// AlreadyPresent: the narinfo was there with the same NarHash, so
+	// nothing was uploaded.
+	AlreadyPresent bool
+	// Attempts of the upload (1 without retries).
+	Attempts int
+}
+
+// ErrNotReproducible is matched (errors.Is) by every *NotReproducibleError.
+var ErrNotReproducible = errors.New("not reproducible")
+
+// NotReproducibleError: the bucket already has a narinfo for the store path
+// with a different NarHash. The published narinfo is never overwritten.
+type NotReproducibleError struct {
+	StorePath string
+	Published string // NarHash in the bucket
+	Local     string // NarHash of the item being published
+}
+
+func (e *NotReproducibleError) Error() string {
+	return fmt.Sprintf("%s is not reproducible: the bucket has NarHash %s, this build gave %s; the published narinfo is kept (check the build for non-determinism)", e.StorePath, e.Published, e.Local)
+}
+
+// Is makes errors.Is(err, ErrNotReproducible) true.
+func (e *NotReproducibleError) Is(target error) bool { return target == ErrNotReproducible }
+
+// Publisher uploads nars, narinfos and logs.
+type Publisher struct {
+	cfg  Config
+	c    *minio.Client
+	dir  storepath.Dir
+	log  logr.Logger
+	keys signing.Keys
+
+	// beforeNarInfo, when set (tests), runs after the nar is verified and
+	// before the narinfo is written.
+	beforeNarInfo func()
+}
+
+// NewPublisher checks the configuration and loads the signing keys. It
+// does not contact the bucket.
+func NewPublisher(cfg Config) (*Publisher, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	keys := cfg.Keys
+	if len(keys.Nix) == 0 && keys.Guix == nil && len(cfg.KeyFiles) > 0 {
+		if keys, err = signing.LoadKeysFromFiles(cfg.KeyFiles...); err != nil {
+			return nil, fmt.Errorf("bucket: loading narinfo signing keys: %w (give a Nix secret key made by nix-store --generate-binary-cache-key, or Guix's signing-key.sec)", err)
+		}
+	}
+	if len(keys.Nix) == 0 && keys.Guix == nil && !cfg.AllowUnsigned {
+		return nil, errors.New("bucket: no narinfo signing keys: set Config.Keys or Config.KeyFiles (or AllowUnsigned for a cache clients trust without signatures)")
+	}
+	c, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Publisher{cfg: cfg, c: c, dir: storepath.Dir(cfg.StoreDir), log: cfg.Log, keys: keys}, nil
+}
+
+// Client is the underlying S3 client.
+func (p *Publisher) Client() *minio.Client { return p.c }
+
+// NarInfoKey is the object name of a store path's narinfo.
+func NarInfoKey(p storepath.Path) string { return p.Hash + ".narinfo" }
+
+// NarKey is the object name of a nar: content-addressed by NarHash, so a
+// re-upload of the same content lands on the same object.
+func NarKey(kind, narHash string) string {
+	return "nar/" + kind + "/" + strings.TrimPrefix(narHash, "sha256:") + ".nar" + compress.Extension(kind)
+}
+
+// LogKey is the object name of a derivation's build log.
+func LogKey(drvPath string) string { return "log/" + path.Base(drvPath) }
+
+// normalizeNarHash turns the forms a daemon or narinfo uses into
+// "sha256:<nixbase32>".
+func normalizeNarHash(h string) (string, error) {
+	s := strings.TrimPrefix(h, "sha256:")
+	switch len(s) {
+	case 64:
+		b, err := hex.DecodeString(s)
+		if err == nil {
+			return nar.FormatHash(b), nil
+		}
+	case 52:
+		if _, err := nixbase32.DecodeString(s); err == nil {
+			return "sha256:" + s, nil
+		}
+	}
+	return "", fmt.Errorf("NarHash %q is neither sha256:<52 nixbase32> nor <64 hex> characters", h)
+}
+
+// Publish uploads the item's nar and then its signed narinfo. A narinfo
+// already present with the same NarHash makes it a no-op; with another
+// NarHash it fails with a *NotReproducibleError. A failure at any point
+// leaves at most an unreferenced nar (for GC), never a narinfo without
+// its nar.
+func (p *Publisher) Publish(ctx context.Context, item StoreItem) (Result, error) {
+	sp, err := p.dir.Parse(item.StorePath)
+	if err != nil {
+		return Result{}, fmt.Errorf("publish: %w", err)
+	}
+	if item.Open == nil {
+		return Result{}, fmt.Errorf("publish %s: StoreItem.Open is nil", item.StorePath)
+	}
+	log := p.log.WithValues("storePath", item.StorePath)
+	res := Result{NarInfoKey: NarInfoKey(sp)}
+
+	narHash, narSize := item.NarHash, item.NarSize
+	if narHash != "" {
+		if narHash, err = normalizeNarHash(narHash); err != nil {
+			return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
+		}
+	}
+	// Idempotence first: nothing to upload if the narinfo is there. The
+	// check is repeated by the conditional narinfo PUT at the end.
+	existing, err := p.getNarInfo(ctx, res.NarInfoKey)
+	if err != nil {
+		return res, err
+	}
+	if existing != nil && narHash != "" {
+		return p.compare(res, existing, item.StorePath, narHash)
+	}
+	if narHash == "" {
+		var size int64
+		if _, err = retry(ctx, p.cfg.Retry, log, "hash nar", func(ctx context.Context) error {
+			narHash, size, err = p.hashItem(ctx, item)
+			return err
+		}); err != nil {
+			return res, err
+		}
+		if narSize != 0 && narSize != uint64(size) {
+			return res, fmt.Errorf("publish %s: the NAR is %d bytes, StoreItem.NarSize says %d", item.StorePath, size, narSize)
+		}
+		narSize = uint64(size)
+	}
+	if existing != nil {
+		return p.compare(res, existing, item.StorePath, narHash)
+	}
+
+	kind := p.cfg.Compression
+	res.NarKey = NarKey(kind, narHash)
+	var up uploaded
+	res.Attempts, err = retry(ctx, p.cfg.Retry, log, "upload nar", func(ctx context.Context) error {
+		up, err = p.uploadNar(ctx, item, res.NarKey, narHash, narSize)
+		if err == nil {
+			err = p.verifyNar(ctx, res.NarKey, up)
+		}
+		return err
+	})
+	if err != nil {
+		return res, err
+	}
+	log.V(1).Info("nar uploaded", "key", res.NarKey, "narSize", up.narSize, "fileSize", up.fileSize)
+
+	refs, err := p.baseNames(append(append([]string{}, item.References...), up.scanned...))
+	if err != nil {
+		return res, fmt.Errorf("publish %s: references: %w", item.StorePath, err)
+	}
+	ni := &narinfo.NarInfo{
+		StorePath: item.StorePath, URL: res.NarKey, Compression: kind,
+		FileHash: up.fileHash, FileSize: uint64(up.fileSize),
+		NarHash: narHash, NarSize: uint64(up.narSize),
+		References: refs, System: item.System, CA: item.CA,
+	}
+	if item.Deriver != "" {
+		ni.Deriver = path.Base(item.Deriver)
+	}
+	if len(p.keys.Nix) > 0 || p.keys.Guix != nil {
+		if err := ni.Sign(p.keys); err != nil {
+			return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
+		}
+	}
+	res.NarInfo = ni
+	if p.beforeNarInfo != nil {
+		p.beforeNarInfo()
+	}
+	created := false
+	if _, err = retry(ctx, p.cfg.Retry, log, "put narinfo", func(ctx context.Context) error {
+		created, err = p.putNarInfo(ctx, res.NarInfoKey, ni.Bytes())
+		return err
+	}); err != nil {
+		return res, explain(err, p.cfg.Endpoint, p.cfg.Bucket, res.NarInfoKey)
+	}
+	if !created { // lost a race with another publisher of the same path
+		existing, err := p.getNarInfo(ctx, res.NarInfoKey)
+		if err != nil {
+			return res, err
+		}
+		if existing == nil {
+			return res, fmt.Errorf("publish %s: the narinfo PUT was refused as existing, yet it cannot be read", item.StorePath)
+		}
+		return p.compare(res, existing, item.StorePath, narHash)
+	}
+	log.Info("published", "narinfo", res.NarInfoKey, "nar", res.NarKey, "narSize", ni.NarSize, "fileSize", ni.FileSize, "compression", kind)
+	return res, nil
+}
+
+func (p *Publisher) compare(res Result, existing *narinfo.NarInfo, storePath, narHash string) (Result, error) {
+	res.NarInfo, res.NarKey = existing, existing.URL
+	have, err := normalizeNarHash(existing.NarHash)
+	if err != nil {
+		have = existing.NarHash
+	}
+	if have != narHash {
+		return res, &NotReproducibleError{StorePath: storePath, Published: existing.NarHash, Local: narHash}
+	}
+	res.AlreadyPresent = true
+	p.log.V(1).Info("already published", "storePath", storePath, "narinfo", res.NarInfoKey)
+	return res, nil
+}
+
+func (p *Publisher) baseNames(paths []string) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range paths {
+		base := r
+		if strings.HasPrefix(r, "/") {
+			sp, err := p.dir.Parse(r)
+			if err != nil {
+				return nil, err
+			}
+			base = sp.Base()
+		} else if _, _, err := storepath.ParseBase(r); err != nil {
+			return nil, err
+		}
+		if !seen[base] {
+			seen[base] = true
+			out = append(out, base)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// getNarInfo returns the narinfo at key, or nil when there is none.
+func (p *Publisher) getNarInfo(ctx context.Context, key string) (*narinfo.NarInfo, error) {
+	var data []byte
+	_, err := retry(ctx, p.cfg.Retry, p.log, "get narinfo", func(ctx context.Context) error {
+		obj, err := p.c.GetObject(ctx, p.cfg.Bucket, key, minio.GetObjectOptions{})
+		if err != nil {
+			return err
+		}
+		defer obj.Close()
+		data, err = io.ReadAll(io.LimitReader(obj, 1<<20))
+		return err
+	})
+	if isNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+	}
+	ni, err := narinfo.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("s3 object %s/%s: %w (a corrupt narinfo is never overwritten: delete it by hand)", p.cfg.Bucket, key, err)
+	}
+	return ni, nil
+}
+
+// putNarInfo writes the narinfo in one PUT, only if absent (If-None-Match:
+// *). It returns false when the object already existed.
+func (p *Publisher) putNarInfo(ctx context.Context, key string, data []byte) (bool, error) {
+	opts := minio.PutObjectOptions{ContentType: ContentTypeNarInfo, DisableMultipart: true}
+	opts.SetMatchETagExcept("*")
+	_, err := p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(data), int64(len(data)), opts)
+	var er minio.ErrorResponse
+	if errors.As(err, &er) && er.StatusCode == http.StatusPreconditionFailed {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// hashItem reads the item's NAR once to learn its NarHash (and checks it).
+func (p *Publisher) hashItem(ctx context.Context, item StoreItem) (string, int64, error) {
+	src, err := item.Open(ctx)
+	if err != nil {
+		return "", 0, fmt.Errorf("publish %s: opening the NAR: %w", item.StorePath, err)
+	}
+	defer src.Close()
+	h := nar.NewHashingWriter()
+	if _, err := nar.Validate(bufio.NewReaderSize(io.TeeReader(src, h), 1<<20)); err != nil {
+		return "", 0, sourceError(item.StorePath, err)
+	}
+	return h.Sum(), h.Size(), nil
+}
+
+func sourceError(storePath string, err error) error {
+	err = fmt.Errorf("publish %s: the NAR stream: %w", storePath, err)
+	if errors.Is(err, nar.ErrCorrupt) {
+		return permanent(err)
+	}
+	return err
+}
+
+type uploaded struct {
+	fileHash string
+	fileSize int64
+	narSize  int64
+	etag     string
+	scanned  []string
+}
+
+// uploadNar streams NAR → (NarHash ‖ reference scan ‖ compress → FileHash)
+// → multipart PUT. The producer goroutine ends the pipe with an error when
+// the NAR is corrupt or its hash is not the expected one, which makes the
+// upload abort instead of completing: a wrong nar is never stored.
+func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash string, narSize uint64) (uploaded, error) {
+	src, err := item.Open(ctx)
+	if err != nil {
+		return uploaded{}, fmt.Errorf("publish %s: opening the NAR: %w", item.StorePath, err)
+	}
+	pr, pw := io.Pipe()
+	narHasher, fileHasher := nar.NewHashingWriter(), nar.NewHashingWriter()
+	var scan *nar.RefScanner
+	done := make(chan error, 1)
+	go func() {
+		err := func() error {
+			defer src.Close()
+			zw, err := compress.NewWriter(io.MultiWriter(fileHasher, pw), p.cfg.Compression, p.cfg.Level)
+			if err != nil {
+				return permanent(err)
+			}
+			sinks := []io.Writer{narHasher, zw}
+			if len(item.ScanReferences) > 0 {
+				scan = nar.NewRefScanner(item.ScanReferences)
+				sinks = append(sinks, scan)
+			}
+			if _, err := nar.Validate(bufio.NewReaderSize(io.TeeReader(src, io.MultiWriter(sinks...)), 1<<20)); err != nil {
+				zw.Close()
+				return sourceError(item.StorePath, err)
+			}
+			if err := zw.Close(); err != nil {
+				return err
+			}
+			if got := narHasher.Sum(); got != narHash || (narSize != 0 && uint64(narHasher.Size()) != narSize) {
+				return permanent(fmt.Errorf("publish %s: the NAR read for upload has NarHash %s (%d bytes), expected %s (%d bytes): the store item changed, or its NarHash is wrong",
+					item.StorePath, got, narHasher.Size(), narHash, narSize))
+			}
+			return nil
+		}()
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	info, uerr := p.putStream(ctx, key, pr)
+	pr.CloseWithError(errors.New("upload ended")) // unblocks the producer
+	perr := <-done
+	if perr != nil {
+		return uploaded{}, perr
+	}
+	if uerr != nil {
+		return uploaded{}, explain(uerr, p.cfg.Endpoint, p.cfg.Bucket, key)
+	}
+	if info.Size != fileHasher.Size() {
+		return uploaded{}, fmt.Errorf("s3 object %s/%s: uploaded %d bytes, compressed %d", p.cfg.Bucket, key, info.Size, fileHasher.Size())
+	}
+	up := uploaded{fileHash: fileHasher.Sum(), fileSize: fileHasher.Size(), narSize: narHasher.Size(), etag: info.ETag}
+	if scan != nil {
+		up.scanned = scan.Found()
+	}
+	return up, nil
+}
+
+// putStream uploads r: one PUT when it fits in the first part (most store
+// items are small), else a multipart upload with Concurrency parts in
+// flight. Memory: PartSize × (Concurrency + 1).
+func (p *Publisher) putStream(ctx context.Context, key string, r io.Reader) (minio.UploadInfo, error) {
+	first := make([]byte, minPartSize)
+	n, err := io.ReadFull(r, first)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(first[:n]), int64(n), minio.PutObjectOptions{
+			ContentType: ContentTypeNar, DisableMultipart: true, DisableContentSha256: true,
+		})
+	}
+	if err != nil {
+		return minio.UploadInfo{}, err
+	}
+	return p.c.PutObject(ctx, p.cfg.Bucket, key, io.MultiReader(bytes.NewReader(first), r), -1, minio.PutObjectOptions{
+		ContentType: ContentTypeNar, PartSize: p.cfg.PartSize,
+		NumThreads: uint(p.cfg.Concurrency), ConcurrentStreamParts: p.cfg.Concurrency > 1,
+		DisableContentSha256: true,
+	})
+}
+
+// verifyNar checks the stored object before a narinfo may point at it:
+// its size (and ETag, so a concurrent overwrite is noticed), and with
+// VerifyReread its FileHash.
+func (p *Publisher) verifyNar(ctx context.Context, key string, up uploaded) error {
+	st, err := p.c.StatObject(ctx, p.cfg.Bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		return explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+	}
+	if st.Size != up.fileSize {
+		return fmt.Errorf("s3 object %s/%s: stored %d bytes, uploaded %d: not writing the narinfo", p.cfg.Bucket, key, st.Size, up.fileSize)
+	}
+	if !p.cfg.VerifyReread && st.ETag == up.etag {
+		return nil
+	}
+	obj, err := p.c.GetObject(ctx, p.cfg.Bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+	}
+	defer obj.Close()
+	h, size, err := nar.Hash(obj)
+	if err != nil {
+		return explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+	}
+	if h != up.fileHash || size != up.fileSize {
+		return fmt.Errorf("s3 object %s/%s: re-read as %s (%d bytes), uploaded %s (%d bytes): not writing the narinfo", p.cfg.Bucket, key, h, size, up.fileHash, up.fileSize)
+	}
+	return nil
+}
+
+// PublishLog stores a build log under log/<drv base name>, gzip-compressed
+// with Content-Encoding: gzip, as guix publish serves its .gz logs: HTTP
+// clients (Nix's, browsers, curl --compressed) decompress it. It streams r.
+func (p *Publisher) PublishLog(ctx context.Context, drvPath string, r io.Reader) error {
+	d, err := p.dir.ParseDerivation(drvPath)
+	if err != nil {
+		return fmt.Errorf("publish log: %w", err)
+	}
+	key := LogKey(d.String())
+	pr, pw := io.Pipe()
+	go func() {
+		zw, err := compress.NewWriter(pw, compress.Gzip, 0)
+		if err == nil {
+			if _, err = io.Copy(zw, r); err == nil {
+				err = zw.Close()
+			}
+		}
+		pw.CloseWithError(err)
+	}()
+	// Not retried: r can be read only once.
+	_, err = p.c.PutObject(ctx, p.cfg.Bucket, key, pr, -1, minio.PutObjectOptions{
+		ContentType: ContentTypeLog, ContentEncoding: "gzip", PartSize: p.cfg.PartSize, DisableContentSha256: true,
+	})
+	pr.CloseWithError(errors.New("upload ended"))
+	return explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+}
+
+// EnsureCacheInfo writes nix-cache-info unless it already says the same.
+func (p *Publisher) EnsureCacheInfo(ctx context.Context) error {
+	const key = "nix-cache-info"
+	want := narinfo.CacheInfo(p.cfg.StoreDir, p.cfg.Priority)
+	_, err := retry(ctx, p.cfg.Retry, p.log, "nix-cache-info", func(ctx context.Context) error {
+		obj, err := p.c.GetObject(ctx, p.cfg.Bucket, key, minio.GetObjectOptions{})
+		if err != nil {
+			return err
+		}
+		have, err := io.ReadAll(io.LimitReader(obj, 64<<10))
+		obj.Close()
+		if err == nil && bytes.Equal(have, want) {
+			return nil
+		}
+		if err != nil && !isNotFound(err) {
+			return err
+		}
+		_, err = p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(want), int64(len(want)), minio.PutObjectOptions{ContentType: ContentTypeCacheInfo, DisableMultipart: true})
+		return err
+	})
+	return explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+}
+
+// EnsureBucket creates the bucket if needed and sets its anonymous policy:
+// read objects, and list the bucket, which is what makes a missing key
+// answer 404 instead of 403 (S3 answers 403 to a reader who may not list;
+// Guix treats 403 as a transient error, 404 as "not there"). It also asks
+// the server to abort multipart uploads left incomplete for a day (a
+// killed publisher's), where lifecycle rules are supported.
+func (p *Publisher) EnsureBucket(ctx context.Context) error {
+	b := p.cfg.Bucket
+	_, err := retry(ctx, p.cfg.Retry, p.log, "ensure bucket", func(ctx context.Context) error {
+		ok, err := p.c.BucketExists(ctx, b)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if err := p.c.MakeBucket(ctx, b, minio.MakeBucketOptions{Region: p.cfg.Region}); err != nil {
+				var er minio.ErrorResponse
+				if !errors.As(err, &er) || (er.Code != "BucketAlreadyOwnedByYou" && er.Code != "BucketAlreadyExists") {
+					return err
+				}
+			}
+		}
+		return p.c.SetBucketPolicy(ctx, b, AnonymousReadPolicy(b))
+	})
+	if err != nil {
+		return explain(err, p.cfg.Endpoint, b, "")
+	}
+	lc := lifecycle.NewConfiguration()
+	lc.Rules = []lifecycle.Rule{{
+		ID: "guix-farm-abort-incomplete-uploads", Status: "Enabled",
+		RuleFilter:                     lifecycle.Filter{Prefix: "nar/"},
+		AbortIncompleteMultipartUpload: lifecycle.AbortIncompleteMultipartUpload{DaysAfterInitiation: 1},
+	}}
+	if err := p.c.SetBucketLifecycle(ctx, b, lc); err != nil {
+		p.log.Info("could not set a lifecycle rule to abort incomplete uploads; the server's own expiry applies", "bucket", b, "err", err.Error())
+	}
+	return nil
+}
+
+// AnonymousReadPolicy is the bucket policy EnsureBucket sets.
+func AnonymousReadPolicy(bucket string) string {
+	return fmt.Sprintf(`{"Version":"2012-10-17","Statement":[`+
+		`{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:GetObject"],"Resource":["arn:aws:s3:::%[1]s/*"]},`+
+		`{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:ListBucket"],"Resource":["arn:aws:s3:::%[1]s"]}]}`, bucket)
+}

@@ -1,0 +1,241 @@
+package bucket
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"github.com/guixfarm/guix-farm/internal/compress"
+	"github.com/guixfarm/guix-farm/internal/nar"
+	"github.com/guixfarm/guix-farm/internal/narinfo"
+	"github.com/guixfarm/guix-farm/internal/signing"
+	"github.com/guixfarm/guix-farm/internal/storepath"
+)
+
+// ErrNotFound is returned (wrapped) for a store path the bucket lacks.
+var ErrNotFound = errors.New("not in the bucket")
+
+// ReaderOptions tune a Reader.
+type ReaderOptions struct {
+	// PositiveTTL and NegativeTTL bound how long Has trusts an answer
+	// (defaults 10 min and 10 s: a missing path may be published any time,
+	// a present one stays until GC).
+	PositiveTTL, NegativeTTL time.Duration
+	// MaxFileSize bounds ReadFile (default 64 MiB).
+	MaxFileSize int64
+	// TrustedNixKeys, when set, make NarInfo reject narinfos no trusted
+	// key signed.
+	TrustedNixKeys []signing.NixPublicKey
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Reader answers questions about the bucket's store paths.
+type Reader struct {
+	cfg  Config
+	opts ReaderOptions
+	c    *minio.Client
+	dir  storepath.Dir
+
+	mu    sync.Mutex
+	cache map[string]cached // narinfo key -> answer
+}
+
+type cached struct {
+	present bool
+	expires time.Time
+}
+
+// NewReader makes a Reader; credentials may be empty for anonymous reads.
+func NewReader(cfg Config, opts ReaderOptions) (*Reader, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if opts.PositiveTTL == 0 {
+		opts.PositiveTTL = 10 * time.Minute
+	}
+	if opts.NegativeTTL == 0 {
+		opts.NegativeTTL = 10 * time.Second
+	}
+	if opts.MaxFileSize == 0 {
+		opts.MaxFileSize = DefaultMaxFileSize
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	c, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Reader{cfg: cfg, opts: opts, c: c, dir: storepath.Dir(cfg.StoreDir), cache: map[string]cached{}}, nil
+}
+
+func (r *Reader) key(storePath string) (string, error) {
+	sp, err := r.dir.Parse(storePath)
+	if err != nil {
+		return "", err
+	}
+	return NarInfoKey(sp), nil
+}
+
+// Has reports whether the bucket has a narinfo for storePath (a HEAD,
+// cached for PositiveTTL, or NegativeTTL when absent).
+func (r *Reader) Has(ctx context.Context, storePath string) (bool, error) {
+	key, err := r.key(storePath)
+	if err != nil {
+		return false, err
+	}
+	now := r.opts.Now()
+	r.mu.Lock()
+	c, ok := r.cache[key]
+	r.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.present, nil
+	}
+	var present bool
+	_, err = retry(ctx, r.cfg.Retry, r.cfg.Log, "stat narinfo", func(ctx context.Context) error {
+		_, err := r.c.StatObject(ctx, r.cfg.Bucket, key, minio.StatObjectOptions{})
+		present = err == nil
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return false, explain(err, r.cfg.Endpoint, r.cfg.Bucket, key)
+	}
+	r.remember(key, present, now)
+	return present, nil
+}
+
+func (r *Reader) remember(key string, present bool, now time.Time) {
+	ttl := r.opts.NegativeTTL
+	if present {
+		ttl = r.opts.PositiveTTL
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.cache) > 100000 { // bound memory; answers are cheap to redo
+		clear(r.cache)
+	}
+	r.cache[key] = cached{present: present, expires: now.Add(ttl)}
+}
+
+// NarInfo fetches and parses storePath's narinfo; errors.Is(err,
+// ErrNotFound) when there is none.
+func (r *Reader) NarInfo(ctx context.Context, storePath string) (*narinfo.NarInfo, error) {
+	key, err := r.key(storePath)
+	if err != nil {
+		return nil, err
+	}
+	var data []byte
+	_, err = retry(ctx, r.cfg.Retry, r.cfg.Log, "get narinfo", func(ctx context.Context) error {
+		obj, err := r.c.GetObject(ctx, r.cfg.Bucket, key, minio.GetObjectOptions{})
+		if err != nil {
+			return err
+		}
+		defer obj.Close()
+		data, err = io.ReadAll(io.LimitReader(obj, 1<<20))
+		return err
+	})
+	if isNotFound(err) {
+		r.remember(key, false, r.opts.Now())
+		return nil, fmt.Errorf("%s (s3 object %s/%s): %w", storePath, r.cfg.Bucket, key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, explain(err, r.cfg.Endpoint, r.cfg.Bucket, key)
+	}
+	r.remember(key, true, r.opts.Now())
+	ni, err := narinfo.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("s3 object %s/%s: %w", r.cfg.Bucket, key, err)
+	}
+	if ni.StorePath != storePath {
+		return nil, fmt.Errorf("s3 object %s/%s: narinfo is for %s, not %s", r.cfg.Bucket, key, ni.StorePath, storePath)
+	}
+	if len(r.opts.TrustedNixKeys) > 0 {
+		if err := ni.Verify(r.opts.TrustedNixKeys, nil); err != nil {
+			return nil, fmt.Errorf("s3 object %s/%s: %w", r.cfg.Bucket, key, err)
+		}
+	}
+	return ni, nil
+}
+
+// ReadFile returns the content of a store item that is a single regular
+// file (a .drv, a text file): narinfo, then nar, decompressed, unpacked and
+// checked against the narinfo's NarHash and NarSize.
+func (r *Reader) ReadFile(ctx context.Context, storePath string) ([]byte, error) {
+	ni, err := r.NarInfo(ctx, storePath)
+	if err != nil {
+		return nil, err
+	}
+	var data []byte
+	_, err = retry(ctx, r.cfg.Retry, r.cfg.Log, "get nar", func(ctx context.Context) error {
+		data, err = r.readNarFile(ctx, ni)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", storePath, err)
+	}
+	return data, nil
+}
+
+func (r *Reader) readNarFile(ctx context.Context, ni *narinfo.NarInfo) ([]byte, error) {
+	kind, err := compress.ParseKind(ni.Compression)
+	if err != nil || ni.Compression == "" {
+		return nil, permanent(fmt.Errorf("narinfo Compression %q: %v", ni.Compression, err))
+	}
+	obj, err := r.c.GetObject(ctx, r.cfg.Bucket, ni.URL, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, explain(err, r.cfg.Endpoint, r.cfg.Bucket, ni.URL)
+	}
+	defer obj.Close()
+	zr, err := compress.NewReader(obj, kind)
+	if err != nil {
+		return nil, wrapObj(err, r.cfg, ni.URL)
+	}
+	defer zr.Close()
+	h := nar.NewHashingWriter()
+	tee := io.TeeReader(zr, h)
+	data, err := nar.ReadSingleFile(tee, r.opts.MaxFileSize)
+	if err != nil {
+		return nil, wrapObj(err, r.cfg, ni.URL)
+	}
+	if _, err := io.Copy(io.Discard, tee); err != nil { // hash it all
+		return nil, wrapObj(err, r.cfg, ni.URL)
+	}
+	want, err := normalizeNarHash(ni.NarHash)
+	if err != nil {
+		return nil, permanent(err)
+	}
+	if h.Sum() != want || uint64(h.Size()) != ni.NarSize {
+		return nil, permanent(fmt.Errorf("s3 object %s/%s: NAR hashes to %s (%d bytes), the narinfo says %s (%d bytes): corrupt nar; delete the narinfo and republish",
+			r.cfg.Bucket, ni.URL, h.Sum(), h.Size(), ni.NarHash, ni.NarSize))
+	}
+	return data, nil
+}
+
+func wrapObj(err error, cfg Config, key string) error {
+	if isNotFound(err) {
+		return permanent(fmt.Errorf("s3 object %s/%s: the narinfo points at a missing nar: %w", cfg.Bucket, key, err))
+	}
+	if errors.Is(err, nar.ErrCorrupt) {
+		return permanent(fmt.Errorf("s3 object %s/%s: %w", cfg.Bucket, key, err))
+	}
+	return explain(err, cfg.Endpoint, cfg.Bucket, key)
+}
+
+// Read returns the contents of a .drv from the bucket: the controller's
+// derivation source.
+func (r *Reader) Read(ctx context.Context, drvPath string) ([]byte, error) {
+	if _, err := r.dir.ParseDerivation(drvPath); err != nil {
+		return nil, err
+	}
+	return r.ReadFile(ctx, drvPath)
+}
