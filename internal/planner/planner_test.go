@@ -509,6 +509,7 @@ func TestIncrementalMatchesRecompute(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		p := New(Options{Strategy: DerivationOrdered})
 		p.UpsertAgent(agent("a", 3))
+		p.UpsertAgent(Agent{Name: "k", Systems: []string{x86}, Features: []string{"kvm"}, Slots: 1})
 		const n = 60
 		inputs := make([][]string, n)
 		for i := range n {
@@ -525,6 +526,12 @@ func TestIncrementalMatchesRecompute(t *testing.T) {
 			case op < 4:
 				b := bld(k, int32(rng.IntN(5)), step, inputs[i]...)
 				b.Running = rng.IntN(5) == 0
+				if rng.IntN(4) == 0 {
+					b.Requirements = []string{"kvm"}
+				}
+				if rng.IntN(6) == 0 {
+					b.NotBefore = t0.Add(time.Duration(rng.IntN(3)-1) * time.Minute)
+				}
 				if rng.IntN(2) == 0 {
 					b.Key += "-retry"
 					b.UID += "-retry"
@@ -535,11 +542,41 @@ func TestIncrementalMatchesRecompute(t *testing.T) {
 			case op < 8:
 				p.SetAvailable(drv(k), rng.IntN(3) > 0)
 			default:
-				p.Plan(t0)
+				checkPlan(t, p, p.Plan(t0))
 			}
 			checkInvariants(t, p)
 			if t.Failed() {
 				t.Fatalf("seed %d step %d", seed, step)
+			}
+		}
+	}
+}
+
+// checkPlan: every horizon fits its agent, holds eligible offerable builds, and agrees with
+// the model's (assumed) allocations.
+func checkPlan(t *testing.T, p *Planner, plan Plan) {
+	t.Helper()
+	seen := map[BuildKey]bool{}
+	for name, h := range plan.Horizons {
+		st := p.agents[p.byAgent[name]]
+		if len(h) > max(0, p.factor*st.slots-st.running) {
+			t.Errorf("agent %s: horizon of %d exceeds its capacity", name, len(h))
+		}
+		for _, k := range h {
+			if seen[k] {
+				t.Errorf("build %s in two horizons", k)
+			}
+			seen[k] = true
+			b := &p.builds[p.byKey[k]]
+			if b.loc != locReady || b.agent != name || !p.classes[b.class].covers[st.group] {
+				t.Errorf("build %s in %s's horizon: loc %d, agent %q", k, name, b.loc, b.agent)
+			}
+		}
+	}
+	for _, s := range p.allocs {
+		for bi := range s {
+			if !seen[p.builds[bi].key] {
+				t.Errorf("build %s allocated but in no horizon", p.builds[bi].key)
 			}
 		}
 	}
