@@ -38,7 +38,10 @@ func makeType(typ string, refs []string, self bool) string {
 	sort.Strings(sorted)
 	var b strings.Builder
 	b.WriteString(typ)
-	for _, r := range sorted {
+	for i, r := range sorted {
+		if i > 0 && r == sorted[i-1] {
+			continue // references are a set
+		}
 		b.WriteByte(':')
 		b.WriteString(r)
 	}
