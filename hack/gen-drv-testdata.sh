@@ -5,7 +5,8 @@
 # Writes <name>.drv per derivation and paths.txt: "<name> <drv path> <output>=<path>...".
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT=$ROOT/internal/derivation/testdata
+OUT=${OUT_DIR:-$ROOT/internal/derivation/testdata} # OUT_DIR: tests regenerate into a temp dir
+mkdir -p "$OUT"
 command -v nix-instantiate >/dev/null || { echo "nix-instantiate missing: run hack/tools.sh nix" >&2; exit 1; }
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 [ -x "$BUSYBOX" ] || { echo "$BUSYBOX missing: run hack/tools.sh nix" >&2; exit 1; }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,9 +23,11 @@ type realDrv struct {
 	data    []byte
 }
 
-func loadTestdata(t testing.TB) map[string]realDrv {
+func loadTestdata(t testing.TB) map[string]realDrv { return loadDir(t, "testdata") }
+
+func loadDir(t testing.TB, dir string) map[string]realDrv {
 	t.Helper()
-	manifest, err := os.ReadFile("testdata/paths.txt")
+	manifest, err := os.ReadFile(filepath.Join(dir, "paths.txt"))
 	if err != nil {
 		t.Fatalf("read manifest (regenerate with hack/gen-drv-testdata.sh): %v", err)
 	}
@@ -36,7 +39,7 @@ func loadTestdata(t testing.TB) map[string]realDrv {
 			k, v, _ := strings.Cut(kv, "=")
 			r.outputs[k] = v
 		}
-		if r.data, err = os.ReadFile(filepath.Join("testdata", r.file)); err != nil {
+		if r.data, err = os.ReadFile(filepath.Join(dir, r.file)); err != nil {
 			t.Fatal(err)
 		}
 		all[r.drvPath] = r
@@ -57,8 +60,9 @@ func resolverOf(t testing.TB, all map[string]realDrv) Resolver {
 	}
 }
 
-func TestRealDerivations(t *testing.T) {
-	all := loadTestdata(t)
+func TestRealDerivations(t *testing.T) { checkReal(t, loadTestdata(t)) }
+
+func checkReal(t *testing.T, all map[string]realDrv) {
 	resolve := resolverOf(t, all)
 	for drvPath, r := range all {
 		t.Run(r.file, func(t *testing.T) {
@@ -102,6 +106,36 @@ func TestRealDerivations(t *testing.T) {
 				t.Errorf("FillOutputPaths gives\n%s\nwant\n%s", m.Bytes(), r.data)
 			}
 		})
+	}
+}
+
+// TestGenerator reruns hack/gen-drv-testdata.sh (real nix-instantiate, a
+// private store) into a temp dir: the output must pass the same checks, and
+// the files that do not depend on the installed busybox must equal testdata.
+func TestGenerator(t *testing.T) {
+	if _, err := exec.LookPath("nix-instantiate"); err != nil {
+		if os.Getenv("GUIXFARM_REQUIRE_TESTBED") == "1" {
+			t.Fatal("nix-instantiate not found: run hack/tools.sh nix")
+		}
+		t.Skip("nix-instantiate not found (hack/tools.sh nix installs it)")
+	}
+	if testing.Short() {
+		t.Skip("runs nix-instantiate")
+	}
+	out := t.TempDir()
+	cmd := exec.CommandContext(t.Context(), "../../hack/gen-drv-testdata.sh")
+	cmd.Env = append(os.Environ(), "OUT_DIR="+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("gen-drv-testdata.sh: %v\n%s", err, b)
+	}
+	fresh := loadDir(t, out)
+	checkReal(t, fresh)
+	for _, name := range []string{"demo.drv", "fod.drv", "dep.drv", "fodrec.drv"} {
+		want, _ := os.ReadFile(filepath.Join("testdata", name))
+		got, _ := os.ReadFile(filepath.Join(out, name))
+		if !bytes.Equal(got, want) {
+			t.Errorf("regenerated %s differs from testdata:\n got %s\nwant %s", name, got, want)
+		}
 	}
 }
 
