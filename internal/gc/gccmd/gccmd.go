@@ -1,0 +1,160 @@
+// Package gccmd is the "gc" subcommand of guix-farm-controller: one
+// reference-aware collection of the substitute bucket, configured by flags.
+package gccmd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/go-logr/logr"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/guixfarm/guix-farm/internal/gc"
+	"github.com/guixfarm/guix-farm/internal/gc/bucketgc"
+)
+
+// Deps are what the caller provides besides the flags.
+type Deps struct {
+	// Roots, when set, adds roots to the configured ones: the controller
+	// passes the outputs of its live Builds. Without it only --keep-*,
+	// --roots-file and the grace period protect anything.
+	Roots gc.Roots
+	// OnDeleted is passed to the run (see bucketgc.Options).
+	OnDeleted func(storePaths []string)
+	// Getenv reads credentials (default os.Getenv).
+	Getenv func(string) string
+	Log    logr.Logger
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+// Command runs "gc" with args (the words after "gc") and writes the report
+// to stdout. It returns flag.ErrHelp for -h.
+//
+//	guix-farm-controller gc --endpoint http://minio:9000 --bucket substitutes --grace 24h --dry-run
+func Command(ctx context.Context, args []string, stdout io.Writer, deps Deps) error {
+	getenv := deps.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	var (
+		endpoint    = fs.String("endpoint", "", "S3 endpoint: host:port, or http(s)://host[:port]")
+		secure      = fs.Bool("secure", false, "use HTTPS with a host:port endpoint")
+		region      = fs.String("region", "us-east-1", "S3 region")
+		bucketName  = fs.String("bucket", "", "the bucket that serves substitutes")
+		accessKey   = fs.String("access-key", "", "S3 access key (default $AWS_ACCESS_KEY_ID)")
+		secretKey   = fs.String("secret-key", "", "S3 secret key (default $AWS_SECRET_ACCESS_KEY)")
+		grace       = fs.Duration("grace", bucketgc.DefaultGrace, "never delete objects younger than this (uploads in flight)")
+		dryRun      = fs.Bool("dry-run", false, "print what would be deleted, delete nothing")
+		maxAge      = fs.Duration("keep-max-age", 0, "keep everything published within this duration, e.g. 720h (0: off)")
+		rootsFile   = fs.String("roots-file", "", "file of store paths to keep, one per line (# comments)")
+		deleteMiss  = fs.Bool("delete-missing-nar", false, "delete narinfos whose nar is missing (always reported)")
+		allowNone   = fs.Bool("allow-no-roots", false, "run even with no roots and no --keep-* selector (collects everything older than --grace)")
+		concurrency = fs.Int("concurrency", bucketgc.DefaultConcurrency, "narinfo reads in flight")
+		narPrefix   = fs.String("nar-prefix", gc.DefaultNarPrefix, "where nars live in the bucket")
+		globs       listFlag
+		paths       listFlag
+	)
+	fs.Var(&globs, "keep-name", "keep store paths whose name matches this glob, e.g. 'guile-*' (repeatable)")
+	fs.Var(&paths, "keep-path", "keep this store path and its closure (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("gc: unexpected arguments %q: give store paths with --keep-path or --roots-file", fs.Args())
+	}
+	if *endpoint == "" || *bucketName == "" {
+		return errors.New("gc: --endpoint and --bucket are required, e.g. --endpoint http://minio.guix-farm:9000 --bucket substitutes")
+	}
+	if *accessKey == "" {
+		*accessKey = getenv("AWS_ACCESS_KEY_ID")
+	}
+	if *secretKey == "" {
+		*secretKey = getenv("AWS_SECRET_ACCESS_KEY")
+	}
+	client, err := NewClient(*endpoint, *secure, *region, *accessKey, *secretKey)
+	if err != nil {
+		return err
+	}
+	roots := gc.MultiRoots{deps.Roots}
+	if *rootsFile != "" {
+		list, err := readRoots(*rootsFile)
+		if err != nil {
+			return err
+		}
+		roots = append(roots, gc.StaticRoots(list))
+	}
+	rep, err := bucketgc.Run(ctx, bucketgc.Options{
+		Client: client, Bucket: *bucketName, DryRun: *dryRun, Grace: *grace,
+		Roots: roots, Keep: gc.RootSelector{MaxAge: *maxAge, NameGlobs: globs, Paths: paths},
+		AllowNoRoots: *allowNone, DeleteMissingNar: *deleteMiss, Concurrency: *concurrency,
+		NarPrefix: *narPrefix, OnDeleted: deps.OnDeleted, Log: deps.Log,
+	})
+	if rep != nil {
+		if _, werr := rep.WriteTo(stdout); werr != nil && err == nil {
+			err = fmt.Errorf("gc: writing the report: %w", werr)
+		}
+	}
+	return err
+}
+
+func readRoots(name string) ([]string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("gc: --roots-file: %w", err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if gc.HashPart(line) == "" {
+			return nil, fmt.Errorf("gc: --roots-file %s: %q is not a store path or base name", name, line)
+		}
+		out = append(out, line)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("gc: --roots-file %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// NewClient makes the S3 client from an endpoint given as host:port (with
+// secure choosing the scheme) or as an http(s) URL without a path.
+// Without keys, requests are anonymous (listing and deleting will then be
+// refused by a normal bucket policy).
+func NewClient(endpoint string, secure bool, region, accessKey, secretKey string) (*minio.Client, error) {
+	host := endpoint
+	if strings.Contains(endpoint, "://") {
+		u, err := url.Parse(endpoint)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || (u.Path != "" && u.Path != "/") {
+			return nil, fmt.Errorf("gc: --endpoint %q: want host:port or http(s)://host[:port] without a path (the bucket goes in --bucket)", endpoint)
+		}
+		host, secure = u.Host, u.Scheme == "https"
+	}
+	creds := credentials.NewStaticV4(accessKey, secretKey, "")
+	if accessKey == "" && secretKey == "" {
+		creds = credentials.New(&credentials.Static{Value: credentials.Value{SignerType: credentials.SignatureAnonymous}})
+	}
+	c, err := minio.New(host, &minio.Options{Creds: creds, Secure: secure, Region: region, BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		return nil, fmt.Errorf("gc: --endpoint %q: %w", endpoint, err)
+	}
+	return c, nil
+}
