@@ -1,0 +1,64 @@
+# guix-farm: the README's two commands are `make run` and `make test`.
+SHELL := /usr/bin/env bash -o pipefail
+export GOTOOLCHAIN := local
+
+TOOLS_DIR ?= $(CURDIR)/.cache/tools
+TOOLS_BIN := $(TOOLS_DIR)/bin
+CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
+export GUIXFARM_TOOLS_BIN := $(TOOLS_BIN)
+
+.PHONY: all
+all: build
+
+##@ Generated files
+
+.PHONY: manifests
+manifests: tools-controller-gen ## CRDs and RBAC from the API markers; the chart's copy of the CRDs.
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=guix-farm-controller paths=./controllers/... output:rbac:dir=config/rbac/controller
+	$(CONTROLLER_GEN) rbac:roleName=guix-farm-agent paths=./agent/... output:rbac:dir=config/rbac/agent
+	mkdir -p charts/guix-farm/crds && cp config/crd/bases/*.yaml charts/guix-farm/crds/
+
+.PHONY: generate
+generate: tools-controller-gen ## Deepcopy functions.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: verify-gen
+verify-gen: manifests generate ## Fails when generated files drift from the sources.
+	@git diff --exit-code -- api config charts || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- api config charts)" || { git status --porcelain -- api config charts; echo "untracked generated files: run 'make manifests generate' and commit"; exit 1; }
+
+##@ Build
+
+.PHONY: build
+build: ## The two binaries, into bin/.
+	go build -o bin/guix-farm-controller ./cmd/guix-farm-controller
+	go build -o bin/guix-farm-agent ./cmd/guix-farm-agent
+
+.PHONY: vet
+vet:
+	go vet ./...
+
+##@ Test
+
+.PHONY: tools
+tools: ## Installs every pinned test-bed tool into .cache/tools (cached).
+	hack/tools.sh all
+
+.PHONY: tools-controller-gen
+tools-controller-gen:
+	hack/tools.sh controller-gen
+
+.PHONY: test
+test: tools ## Unit and integration tests against a real apiserver, MinIO, nix-daemon and nix client.
+	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 -timeout 40m ./...
+
+.PHONY: bench
+bench: tools ## Benchmarks, printed as `name value unit (baseline, ratio)`.
+	hack/bench.sh
+
+##@ Run
+
+.PHONY: run
+run: tools build ## A whole local farm: apiserver, etcd, MinIO, nix-daemon, controller and agents.
+	hack/run-farm.sh

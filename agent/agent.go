@@ -1,0 +1,387 @@
+// Package agent runs builds on one machine: it holds a Lease, watches the Builds the planner
+// allocates to it, claims them with optimistic concurrency, runs its Builder and reports the result.
+// It runs in an AgentPool pod or anywhere with a kubeconfig.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/internal/lifecycle"
+)
+
+// FieldAllocationAgent is the selectable field an agent watches its Builds by.
+const FieldAllocationAgent = "status.allocation.agent"
+
+// Config describes one agent.
+type Config struct {
+	Name      string
+	Namespace string
+	Pool      string
+	Systems   []string
+	Features  []string
+	// Slots is the number of builds run at once.
+	Slots int
+	// LeaseDuration is how long the Lease lives without renewal; RenewInterval how often it is renewed.
+	LeaseDuration time.Duration
+	RenewInterval time.Duration
+	// ReleaseTimeout bounds the hand-back of running builds on shutdown.
+	ReleaseTimeout time.Duration
+}
+
+func (c *Config) defaults() error {
+	if c.Name == "" || c.Namespace == "" {
+		return errors.New("agent config: name and namespace are required (--name, --namespace)")
+	}
+	if len(c.Systems) == 0 {
+		return errors.New("agent config: at least one system is required (--systems x86_64-linux)")
+	}
+	if c.Slots <= 0 {
+		c.Slots = 1
+	}
+	if c.LeaseDuration <= 0 {
+		c.LeaseDuration = 40 * time.Second
+	}
+	if c.RenewInterval <= 0 {
+		c.RenewInterval = c.LeaseDuration / 4
+	}
+	if c.ReleaseTimeout <= 0 {
+		c.ReleaseTimeout = 10 * time.Second
+	}
+	return nil
+}
+
+// Agent is one running agent.
+type Agent struct {
+	cfg     Config
+	client  client.Client
+	cache   cache.Cache
+	builder Builder
+	clock   clock.WithTicker
+	log     logr.Logger
+	metrics *Metrics
+
+	wake      chan struct{}
+	leaseWake chan struct{}
+
+	mu      sync.Mutex
+	running map[types.UID]*inflight
+}
+
+type inflight struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New makes an agent. The cache must select Builds with FieldAllocationAgent = cfg.Name
+// (see CacheOptions); cl writes directly to the apiserver.
+func New(cfg Config, cl client.Client, c cache.Cache, b Builder, clk clock.WithTicker, log logr.Logger, m *Metrics) (*Agent, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Agent{cfg: cfg, client: cl, cache: c, builder: b, clock: clk, log: log.WithValues("agent", cfg.Name),
+		metrics: m, wake: make(chan struct{}, 1), leaseWake: make(chan struct{}, 1), running: map[types.UID]*inflight{}}, nil
+}
+
+// CacheOptions narrows the agent's Build cache to the Builds allocated to it.
+func CacheOptions(name, namespace string) cache.Options {
+	return cache.Options{
+		DefaultNamespaces: map[string]cache.Config{namespace: {}},
+		ByObject: map[client.Object]cache.ByObject{
+			&farmv1.Build{}: {Field: fields.OneTermEqualSelector(FieldAllocationAgent, name)},
+		},
+		DefaultTransform: cache.TransformStripManagedFields(),
+	}
+}
+
+// Run holds the Lease and works until ctx ends, then hands running builds back and drops the Lease.
+func (a *Agent) Run(ctx context.Context) error {
+	inf, err := a.cache.GetInformer(ctx, &farmv1.Build{})
+	if err != nil {
+		return fmt.Errorf("watching builds: %w", err)
+	}
+	if _, err := inf.AddEventHandler(wakeHandler{a.kick}); err != nil {
+		return fmt.Errorf("watching builds: %w", err)
+	}
+	if err := a.renewLease(ctx); err != nil {
+		return fmt.Errorf("creating lease %s/%s: %w", a.cfg.Namespace, a.cfg.Name, err)
+	}
+	if !a.cache.WaitForCacheSync(ctx) {
+		return fmt.Errorf("build cache did not sync")
+	}
+	a.log.Info("Agent ready", "systems", a.cfg.Systems, "slots", a.cfg.Slots)
+
+	leaseErr := make(chan error, 1)
+	go func() { leaseErr <- a.holdLease(ctx) }()
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		a.step(ctx)
+		select {
+		case <-ctx.Done():
+			a.shutdown()
+			return nil
+		case err := <-leaseErr:
+			// Fencing: without a live Lease the controller may give our builds to others.
+			a.abortAll()
+			return err
+		case <-a.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Agent) kick() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// step claims what fits in the free slots and aborts canceled or lost builds.
+func (a *Agent) step(ctx context.Context) {
+	var list farmv1.BuildList
+	if err := a.cache.List(ctx, &list, client.InNamespace(a.cfg.Namespace)); err != nil {
+		a.log.Error(err, "Listing allocated builds")
+		return
+	}
+	now := a.clock.Now()
+	var offers []*farmv1.Build
+	for i := range list.Items {
+		b := &list.Items[i]
+		run := a.inflight(b.UID)
+		switch {
+		case run != nil && (b.Spec.Canceled || b.Status.Phase.Finished() ||
+			(b.Status.Attempt != nil && b.Status.Attempt.Agent != a.cfg.Name)):
+			// Canceled, or taken from us (declared lost while partitioned): stop the work.
+			run.cancel()
+		case run != nil:
+		case run == nil && lifecycle.Holds(b, a.cfg.Name):
+			// Ours from an earlier life of this agent (a restart under the same name): that attempt is gone.
+			a.report(ctx, b, func(fresh *farmv1.Build, now time.Time) error {
+				return lifecycle.Fail(fresh, a.cfg.Name, now, farmv1.ReasonAgentLost, "agent restarted during the attempt")
+			})
+		case run == nil && lifecycle.Claim(b.DeepCopy(), a.cfg.Name, now) == nil:
+			offers = append(offers, b)
+		}
+	}
+	slices.SortFunc(offers, func(x, y *farmv1.Build) int {
+		if px, py := x.Status.Allocation.Priority, y.Status.Allocation.Priority; px != py {
+			return int(py) - int(px)
+		}
+		if c := x.CreationTimestamp.Compare(y.CreationTimestamp.Time); c != 0 {
+			return c
+		}
+		return strings.Compare(x.Name, y.Name)
+	})
+	for _, b := range offers {
+		if a.free() == 0 {
+			return
+		}
+		a.claim(ctx, b)
+	}
+}
+
+func (a *Agent) inflight(uid types.UID) *inflight {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.running[uid]
+}
+
+func (a *Agent) free() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg.Slots - len(a.running)
+}
+
+// claim takes b with a status update carrying its resourceVersion: on conflict another writer
+// (the planner moving it, another agent) won, and we move on.
+func (a *Agent) claim(ctx context.Context, b *farmv1.Build) {
+	log := a.log.WithValues("build", klogRef(b))
+	b = b.DeepCopy()
+	if err := lifecycle.Claim(b, a.cfg.Name, a.clock.Now()); err != nil {
+		return
+	}
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	run := &inflight{cancel: cancel, done: make(chan struct{})}
+	a.mu.Lock()
+	a.running[b.UID] = run // before the write, so a fast cache event never sees an orphan
+	a.mu.Unlock()
+	if err := a.client.Status().Update(ctx, b); err != nil {
+		a.mu.Lock()
+		delete(a.running, b.UID)
+		a.mu.Unlock()
+		cancel()
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			a.metrics.ClaimConflicts.Inc()
+			log.V(1).Info("Claim lost", "reason", err.Error())
+			return
+		}
+		log.Error(err, "Claiming build")
+		return
+	}
+	a.metrics.Claims.Inc()
+	log.V(1).Info("Claimed build", "attempt", b.Status.AttemptCount)
+	a.kickLease()
+	go a.execute(bctx, ctx, b, run)
+}
+
+// execute runs one attempt and reports it. parent is the agent's context: when it ends first,
+// shutdown releases the build instead.
+func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *inflight) {
+	defer func() {
+		a.mu.Lock()
+		delete(a.running, b.UID)
+		a.mu.Unlock()
+		close(run.done)
+		a.kickLease()
+		a.kick()
+	}()
+	log := a.log.WithValues("build", klogRef(b))
+	res, err := a.builder.Build(ctx, Request{Build: b.DeepCopy(), Attempt: b.Status.AttemptCount, Agent: a.cfg.Name})
+	if parent.Err() != nil {
+		return // shutdown hands the build back
+	}
+	rctx := context.WithoutCancel(parent)
+	switch {
+	case err == nil:
+		a.metrics.Results.WithLabelValues(string(farmv1.AttemptSucceeded)).Inc()
+		log.Info("Build succeeded")
+		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
+			return lifecycle.Succeed(f, a.cfg.Name, now, mergeOutputs(f.Status.Outputs, res.Outputs))
+		})
+	case ctx.Err() != nil:
+		a.metrics.Results.WithLabelValues(string(farmv1.AttemptCanceled)).Inc()
+		log.Info("Build aborted")
+		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
+			if !lifecycle.Holds(f, a.cfg.Name) {
+				return lifecycle.ErrNotHolder
+			}
+			lifecycle.Cancel(f, now)
+			return nil
+		})
+	case errors.Is(err, ErrRelease):
+		log.Info("Releasing build", "reason", err.Error())
+		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
+			return lifecycle.Release(f, a.cfg.Name, now, farmv1.ReasonAgentReleased, err.Error())
+		})
+	default:
+		a.metrics.Results.WithLabelValues(string(farmv1.AttemptFailed)).Inc()
+		log.Info("Build failed", "error", err.Error())
+		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
+			return lifecycle.Fail(f, a.cfg.Name, now, farmv1.ReasonBuildFailed, err.Error())
+		})
+	}
+}
+
+// report applies change to a fresh copy of b and writes it, re-reading on conflict. It gives up
+// when the agent no longer holds the attempt (the controller declared it lost).
+func (a *Agent) report(ctx context.Context, b *farmv1.Build, change func(*farmv1.Build, time.Time) error) {
+	log := a.log.WithValues("build", klogRef(b))
+	backoff := 100 * time.Millisecond
+	for try := 0; try < 20; try++ {
+		fresh := &farmv1.Build{}
+		if err := a.client.Get(ctx, client.ObjectKeyFromObject(b), fresh); err != nil {
+			if apierrors.IsNotFound(err) {
+				return
+			}
+			log.Error(err, "Reading build to report")
+		} else if fresh.UID != b.UID {
+			return
+		} else {
+			if err := change(fresh, a.clock.Now()); err != nil {
+				log.Info("Not reporting: attempt no longer ours", "reason", err.Error())
+				return
+			}
+			err := a.client.Status().Update(ctx, fresh)
+			if err == nil {
+				return
+			}
+			if !apierrors.IsConflict(err) {
+				log.Error(err, "Reporting build")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.clock.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// shutdown aborts running builds and hands them back, then drops the Lease so the controller
+// replans at once instead of waiting for it to expire.
+func (a *Agent) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ReleaseTimeout)
+	defer cancel()
+	a.mu.Lock()
+	runs := make(map[types.UID]*inflight, len(a.running))
+	for k, v := range a.running {
+		runs[k] = v
+	}
+	a.mu.Unlock()
+	var list farmv1.BuildList
+	_ = a.cache.List(ctx, &list, client.InNamespace(a.cfg.Namespace))
+	for _, run := range runs {
+		run.cancel()
+		<-run.done
+	}
+	for i := range list.Items {
+		b := &list.Items[i]
+		if _, ok := runs[b.UID]; ok {
+			a.report(ctx, b, func(f *farmv1.Build, now time.Time) error {
+				return lifecycle.Release(f, a.cfg.Name, now, farmv1.ReasonAgentReleased, "agent shut down")
+			})
+		}
+	}
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: a.cfg.Name, Namespace: a.cfg.Namespace}}
+	if err := a.client.Delete(ctx, lease); err != nil && !apierrors.IsNotFound(err) {
+		a.log.Error(err, "Deleting lease")
+	}
+	a.log.Info("Agent stopped")
+}
+
+// abortAll stops every attempt without reporting: the controller owns them once the Lease is gone.
+func (a *Agent) abortAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, run := range a.running {
+		run.cancel()
+	}
+}
+
+func mergeOutputs(known, built []farmv1.Output) []farmv1.Output {
+	if len(built) == 0 {
+		return known
+	}
+	return built
+}
+
+func klogRef(b *farmv1.Build) string { return b.Namespace + "/" + b.Name }
+
+// RBAC of an agent (config/rbac/agent is generated from these): read Builds, update their status,
+// hold its own Lease. Nothing more.
+// +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds,verbs=get;list;watch
+// +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds/status,verbs=get;update
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;delete

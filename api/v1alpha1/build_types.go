@@ -1,0 +1,293 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// BuildPhase is the coarse state of a Build. Conditions carry the detail.
+// +kubebuilder:validation:Enum=Pending;Allocated;Running;Succeeded;Failed;Canceled
+type BuildPhase string
+
+const (
+	BuildPending   BuildPhase = "Pending"
+	BuildAllocated BuildPhase = "Allocated"
+	BuildRunning   BuildPhase = "Running"
+	BuildSucceeded BuildPhase = "Succeeded"
+	BuildFailed    BuildPhase = "Failed"
+	BuildCanceled  BuildPhase = "Canceled"
+)
+
+// Finished reports whether the phase is terminal.
+func (p BuildPhase) Finished() bool {
+	return p == BuildSucceeded || p == BuildFailed || p == BuildCanceled
+}
+
+// Condition types of a Build.
+const (
+	// BuildAllocated is True while the planner has put the build in an agent's horizon.
+	BuildConditionAllocated = "Allocated"
+	// BuildConditionRunning is True while an agent runs an attempt.
+	BuildConditionRunning = "Running"
+	// BuildConditionSucceeded is True once an attempt succeeded, False once the build gave up or was canceled.
+	BuildConditionSucceeded = "Succeeded"
+	// BuildConditionInputsPending is True while the derivation-ordered strategy waits for input derivations.
+	BuildConditionInputsPending = "InputsPending"
+	// BuildConditionSchedulable is False while no agent or pool serves the build's system and requirements.
+	BuildConditionSchedulable = "Schedulable"
+	// BuildConditionDerivationReadable is False while the .drv cannot be read or parsed.
+	BuildConditionDerivationReadable = "DerivationReadable"
+)
+
+// Reasons recorded on attempts and conditions.
+const (
+	ReasonBuildFailed     = "BuildFailed"
+	ReasonAgentLost       = "AgentLost"
+	ReasonAgentReleased   = "AgentReleased"
+	ReasonCanceled        = "Canceled"
+	ReasonSucceeded       = "Succeeded"
+	ReasonRetriesExceeded = "RetriesExceeded"
+)
+
+// BuildSpec is what the user asked for.
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.canceled) || !oldSelf.canceled || (has(self.canceled) && self.canceled)",message="spec.canceled cannot be undone: submit a new Build for the same derivation"
+type BuildSpec struct {
+	// Derivation is the .drv store path to build, e.g. /gnu/store/<32 nix-base32 chars>-hello-2.12.drv.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=211
+	// +kubebuilder:validation:XValidation:rule="self.matches('^/([A-Za-z0-9._+-]+/)*[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+._?=-]+[.]drv$')",message="spec.derivation must be a .drv store path: an absolute path in the store directory, /gnu/store/<32 nix-base32 characters>-<name>.drv"
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.derivation is immutable: create a new Build to build another derivation"
+	Derivation string `json:"derivation"`
+
+	// Priority orders pending builds: higher first. Prerequisites of urgent builds inherit their priority.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=-1000000
+	// +kubebuilder:validation:Maximum=1000000
+	Priority int32 `json:"priority,omitempty"`
+
+	// Requirements are system features an agent must offer to take this build (e.g. kvm, big-parallel).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=63
+	Requirements []string `json:"requirements,omitempty"`
+
+	// Retry bounds the attempts of this build. A failed attempt is retried with exponential backoff.
+	// +optional
+	Retry *RetryPolicy `json:"retry,omitempty"`
+
+	// DeferUntil keeps the build pending until this time.
+	// +optional
+	DeferUntil *metav1.Time `json:"deferUntil,omitempty"`
+
+	// Canceled withdraws a pending build and tells the agent holding it to abort. It cannot be undone.
+	// +optional
+	Canceled bool `json:"canceled,omitempty"`
+
+	// SkipIfOutputsAvailable finishes the build at once as Succeeded when every output is already
+	// available (a succeeded build or a substitute in the farm's bucket).
+	// +optional
+	SkipIfOutputsAvailable bool `json:"skipIfOutputsAvailable,omitempty"`
+
+	// EnsureInputBuilds creates a Build, at this build's priority, for every input derivation
+	// whose outputs are not available and that has no pending or running Build.
+	// +optional
+	EnsureInputBuilds bool `json:"ensureInputBuilds,omitempty"`
+
+	// TTLSecondsAfterFinished deletes the Build this long after it finished. Unset takes the farm's default;
+	// the bucket, not the Build, is the durable record.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
+}
+
+// RetryPolicy bounds attempts and spaces them out.
+type RetryPolicy struct {
+	// MaxAttempts is the number of attempts, the first included.
+	// +optional
+	// +kubebuilder:default=3
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	MaxAttempts int32 `json:"maxAttempts,omitempty"`
+
+	// BackoffSeconds is the wait before the second attempt; it doubles for each further attempt.
+	// +optional
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=86400
+	BackoffSeconds int32 `json:"backoffSeconds,omitempty"`
+
+	// MaxBackoffSeconds caps the backoff.
+	// +optional
+	// +kubebuilder:default=3600
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=604800
+	MaxBackoffSeconds int32 `json:"maxBackoffSeconds,omitempty"`
+}
+
+// Allocation is the planner's decision: the agent that should take the build next.
+type Allocation struct {
+	// Agent is the name of the agent (its Lease) the build is allocated to.
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	Agent string `json:"agent"`
+	// Priority is the effective (derived) priority at planning time; the agent takes its highest first.
+	// +optional
+	Priority int32 `json:"priority,omitempty"`
+	// PlannedAt is when the planner made the allocation.
+	// +required
+	PlannedAt metav1.Time `json:"plannedAt"`
+}
+
+// Attempt is the attempt in flight.
+type Attempt struct {
+	// Agent runs the attempt.
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	Agent string `json:"agent"`
+	// Started is when the agent claimed the build.
+	// +required
+	Started metav1.Time `json:"started"`
+}
+
+// AttemptResult is how an attempt ended.
+// +kubebuilder:validation:Enum=Succeeded;Failed;Canceled
+type AttemptResult string
+
+const (
+	AttemptSucceeded AttemptResult = "Succeeded"
+	AttemptFailed    AttemptResult = "Failed"
+	AttemptCanceled  AttemptResult = "Canceled"
+)
+
+// AttemptRecord is one finished attempt.
+type AttemptRecord struct {
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	Agent string `json:"agent"`
+	// +required
+	Start metav1.Time `json:"start"`
+	// +required
+	End metav1.Time `json:"end"`
+	// +required
+	Result AttemptResult `json:"result"`
+	// Reason is a CamelCase word: BuildFailed, AgentLost, AgentReleased, ...
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Message string `json:"message,omitempty"`
+}
+
+// Output is one output of the derivation.
+type Output struct {
+	// +required
+	// +kubebuilder:validation:MaxLength=63
+	Name string `json:"name"`
+	// +required
+	// +kubebuilder:validation:MaxLength=211
+	Path string `json:"path"`
+	// NarHash is set once the output is published, as sha256:<nix-base32>.
+	// +optional
+	// +kubebuilder:validation:MaxLength=80
+	NarHash string `json:"narHash,omitempty"`
+}
+
+// MaxAttemptHistory bounds status.attempts.
+const MaxAttemptHistory = 8
+
+// BuildStatus is what happened. A pending Build keeps it small: a distro farm holds 10^5 of them.
+type BuildStatus struct {
+	// Phase is the coarse state; conditions carry the detail.
+	// +optional
+	Phase BuildPhase `json:"phase,omitempty"`
+
+	// Conditions: Allocated, Running, Succeeded, InputsPending, Schedulable, DerivationReadable.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// DerivationName is the name part of spec.derivation, for kubectl columns.
+	// +optional
+	// +kubebuilder:validation:MaxLength=211
+	DerivationName string `json:"derivationName,omitempty"`
+
+	// System the derivation builds for, read from the .drv.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	System string `json:"system,omitempty"`
+
+	// Outputs of the derivation, read from the .drv; NarHash is filled once published.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=32
+	Outputs []Output `json:"outputs,omitempty"`
+
+	// Allocation is the agent the planner offers the build to.
+	// +optional
+	Allocation *Allocation `json:"allocation,omitempty"`
+
+	// Attempt is the attempt in flight.
+	// +optional
+	Attempt *Attempt `json:"attempt,omitempty"`
+
+	// AttemptCount is the number of attempts started, finished or not.
+	// +optional
+	AttemptCount int32 `json:"attemptCount,omitempty"`
+
+	// Attempts is the history of finished attempts, newest last, bounded.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	Attempts []AttemptRecord `json:"attempts,omitempty"`
+
+	// RetryAfter holds a failed build back until this time.
+	// +optional
+	RetryAfter *metav1.Time `json:"retryAfter,omitempty"`
+
+	// StartTime is when the first attempt started.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+
+	// CompletionTime is when the build finished.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+}
+
+// Build asks the farm to build one derivation.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=bld,categories=guixfarm
+// +kubebuilder:selectablefield:JSONPath=`.status.allocation.agent`
+// +kubebuilder:selectablefield:JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Derivation",type=string,JSONPath=`.status.derivationName`
+// +kubebuilder:printcolumn:name="System",type=string,JSONPath=`.status.system`
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
+// +kubebuilder:printcolumn:name="Agent",type=string,JSONPath=`.status.attempt.agent`
+// +kubebuilder:printcolumn:name="Attempts",type=integer,JSONPath=`.status.attemptCount`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Build struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   BuildSpec   `json:"spec"`
+	Status BuildStatus `json:"status,omitempty"`
+}
+
+// BuildList is a list of Builds.
+// +kubebuilder:object:root=true
+type BuildList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Build `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Build{}, &BuildList{}, &AgentPool{}, &AgentPoolList{})
+}

@@ -1,0 +1,104 @@
+// Command guix-farm-controller reconciles Builds and AgentPools and plans allocations.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers"
+	"github.com/guixfarm/guix-farm/internal/drvsource"
+	"github.com/guixfarm/guix-farm/internal/metrics"
+	"github.com/guixfarm/guix-farm/internal/planner"
+	"github.com/guixfarm/guix-farm/internal/storepath"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "guix-farm-controller:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		namespace, strategy, drvDir, storeDir string
+		metricsAddr, probeAddr                string
+		leaderElect                           bool
+		o                                     controllers.Options
+		factsCacheSize                        int
+	)
+	flag.StringVar(&namespace, "namespace", os.Getenv("WATCH_NAMESPACE"), "namespace of Builds, AgentPools and agent Leases; empty watches all")
+	flag.StringVar(&strategy, "strategy", string(planner.Basic), "allocation strategy: basic or derivation-ordered")
+	flag.StringVar(&drvDir, "drv-dir", "", "directory holding the .drv files (named by store base name)")
+	flag.StringVar(&storeDir, "store-dir", string(storepath.DefaultDir), "store directory of derivation paths")
+	flag.IntVar(&factsCacheSize, "drv-cache-size", 200000, "parsed derivations kept in memory")
+	flag.DurationVar(&o.BuildTTL, "build-ttl", 24*time.Hour, "delete finished Builds this long after they finished (0 keeps them); spec.ttlSecondsAfterFinished overrides")
+	flag.DurationVar(&o.PlanDebounce, "plan-debounce", 20*time.Millisecond, "batch the events of a burst into one planning pass")
+	flag.IntVar(&o.BuildWorkers, "build-workers", 16, "Builds reconciled in parallel")
+	flag.DurationVar(&o.AgentGrace, "agent-grace", 2*time.Second, "added to a Lease's expiry before its agent is declared lost")
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus endpoint; 0 disables it")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one replica")
+	zo := zap.Options{}
+	zo.BindFlags(flag.CommandLine)
+	flag.Parse()
+	log := zap.New(zap.UseFlagOptions(&zo))
+	ctrl.SetLogger(log)
+
+	if drvDir == "" {
+		return fmt.Errorf("--drv-dir is required: the directory the controller reads .drv files from")
+	}
+	o.Strategy = planner.Strategy(strategy)
+	o.Facts = drvsource.NewFactsCache(drvsource.NewDir(drvDir, storepath.Dir(storeDir)), factsCacheSize)
+	o.Log = log
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := farmv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	copts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	if namespace != "" {
+		copts.DefaultNamespaces = map[string]cache.Config{namespace: {}}
+	}
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  copts,
+		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress: probeAddr,
+		LeaderElection:         leaderElect,
+		LeaderElectionID:       "guix-farm-controller.build.guixfarm.io",
+		Client:                 client.Options{Cache: &client.CacheOptions{Unstructured: false}},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	o.Metrics = metrics.New(crmetrics.Registry)
+	ctx := ctrl.SetupSignalHandler()
+	if _, err := controllers.Setup(ctx, mgr, o); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	log.Info("Starting", "strategy", o.Strategy, "namespace", namespace)
+	return mgr.Start(ctx)
+}

@@ -1,0 +1,127 @@
+// Package agent watches the agents' Leases: a live Lease registers the agent with the planner;
+// an expired one is a lost agent, whose attempts in flight fail with reason AgentLost (and are
+// retried) and whose allocations the planner withdraws.
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/internal/agentlease"
+	"github.com/guixfarm/guix-farm/internal/index"
+	"github.com/guixfarm/guix-farm/internal/lifecycle"
+	"github.com/guixfarm/guix-farm/internal/metrics"
+	"github.com/guixfarm/guix-farm/internal/planner"
+)
+
+// Reconciler reconciles agent Leases.
+type Reconciler struct {
+	Client client.Client
+	// APIReader reads Builds fresh when ending their attempts, to avoid conflicts on a stale cache.
+	APIReader client.Reader
+	Loop      *planning.Loop
+	Clock     clock.Clock
+	Metrics   *metrics.Metrics
+	// Grace is added to a Lease's expiry before the agent is declared lost (clock skew).
+	Grace time.Duration
+}
+
+var _ reconcile.Reconciler = (*Reconciler)(nil)
+
+// SetupWithManager watches the Leases labelled as agents'.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	isAgent, err := predicate.LabelSelectorPredicate(metav1LabelSelector())
+	if err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("agent").
+		For(&coordinationv1.Lease{}, builder.WithPredicates(isAgent)).
+		Complete(r)
+}
+
+// Reconcile registers a live agent or handles a lost one.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx).WithValues("agent", req.Name)
+	p := r.Loop.Planner()
+	l := &coordinationv1.Lease{}
+	err := r.Client.Get(ctx, req.NamespacedName, l)
+	if apierrors.IsNotFound(err) {
+		// Deleted: an agent that shut down cleanly released its builds; any left are lost.
+		p.RemoveAgent(req.Name)
+		r.Loop.Kick()
+		return ctrl.Result{}, r.failAttempts(ctx, req.Namespace, req.Name, "agent's Lease was deleted")
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	info, err := agentlease.Parse(l)
+	if err != nil {
+		log.Error(err, "Ignoring malformed agent Lease")
+		return ctrl.Result{}, nil
+	}
+	now := r.Clock.Now()
+	if deadline := info.Expires.Add(r.Grace); now.Before(deadline) {
+		p.UpsertAgent(planner.Agent{Name: info.Name, Pool: info.Pool, Systems: info.Systems, Features: info.Features,
+			Slots: info.Slots, Running: info.Slots - info.FreeSlots})
+		r.Loop.Kick()
+		return ctrl.Result{RequeueAfter: deadline.Sub(now) + 100*time.Millisecond}, nil
+	}
+
+	log.Info("Agent lost: lease expired", "expired", info.Expires)
+	r.Metrics.AgentsLost.Inc()
+	p.RemoveAgent(req.Name)
+	r.Loop.Kick()
+	if err := r.failAttempts(ctx, req.Namespace, req.Name, fmt.Sprintf("agent's Lease expired at %s", info.Expires.UTC().Format(time.RFC3339))); err != nil {
+		return ctrl.Result{}, err
+	}
+	// The resourceVersion precondition keeps a Lease the agent renewed meanwhile.
+	rv := l.ResourceVersion
+	if err := r.Client.Delete(ctx, l, client.Preconditions{ResourceVersion: &rv}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{}, nil
+}
+
+// failAttempts ends the attempts agent had in flight as failed with reason AgentLost; each Build is
+// retried (or ends Canceled if it was canceled meanwhile).
+func (r *Reconciler) failAttempts(ctx context.Context, namespace, agent, why string) error {
+	var list farmv1.BuildList
+	if err := r.Client.List(ctx, &list, client.MatchingFields{index.BuildAttemptAgent: agent}); err != nil {
+		return fmt.Errorf("listing builds of agent %s: %w", agent, err)
+	}
+	for i := range list.Items {
+		key := client.ObjectKeyFromObject(&list.Items[i])
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			b := &farmv1.Build{}
+			if err := r.APIReader.Get(ctx, key, b); err != nil {
+				return client.IgnoreNotFound(err)
+			}
+			if err := lifecycle.Fail(b, agent, r.Clock.Now(), farmv1.ReasonAgentLost, why); err != nil {
+				return nil // no longer held by that agent
+			}
+			err := r.Client.Status().Update(ctx, b)
+			if apierrors.IsConflict(err) {
+				r.Metrics.Conflicts.WithLabelValues("agent-loss").Inc()
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("failing attempt of %s on lost agent %s: %w", key, agent, err)
+		}
+	}
+	return nil
+}

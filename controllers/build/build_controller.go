@@ -1,0 +1,175 @@
+// Package build reconciles Builds: it learns each derivation's facts, feeds the planner, writes
+// the planner's allocations and wait reasons, cancels, skips what is already built, creates Builds
+// for missing inputs and deletes finished Builds after their TTL. One status patch per reconcile,
+// with optimistic locking, so it never overwrites an agent's claim.
+package build
+
+import (
+	"context"
+	"time"
+
+	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/internal/derivation"
+	"github.com/guixfarm/guix-farm/internal/metrics"
+	"github.com/guixfarm/guix-farm/internal/planner"
+)
+
+// FactsSource reads the facts of a .drv (system, outputs, input derivations), cached; it follows
+// drvsource's error contract (drvsource.FactsCache is one).
+type FactsSource interface {
+	Get(ctx context.Context, drvPath string) (derivation.Facts, error)
+}
+
+// OutputChecker tells whether a store path is available as a substitute (the farm's bucket).
+type OutputChecker interface {
+	Available(ctx context.Context, storePath string) (bool, error)
+}
+
+// Reconciler reconciles Builds.
+type Reconciler struct {
+	Client   client.Client
+	Facts    FactsSource
+	Outputs  OutputChecker // optional
+	Loop     *planning.Loop
+	Clock    clock.Clock
+	Recorder events.EventRecorder
+	Metrics  *metrics.Metrics
+	// DefaultTTL deletes finished Builds this long after they finished; 0 keeps them.
+	DefaultTTL time.Duration
+	// MaxConcurrentReconciles bounds parallel reconciles.
+	MaxConcurrentReconciles int
+
+	planned chan event.TypedGenericEvent[*farmv1.Build]
+}
+
+var _ reconcile.Reconciler = (*Reconciler)(nil)
+
+// SetupWithManager wires the reconciler: Build events (which also feed metrics and events on
+// agent-made transitions) and the planner's notifications.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.planned = make(chan event.TypedGenericEvent[*farmv1.Build], 4096)
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("build").
+		WatchesRawSource(source.Kind(mgr.GetCache(), &farmv1.Build{}, &handler.TypedEnqueueRequestForObject[*farmv1.Build]{}, r)).
+		WatchesRawSource(source.Channel(r.planned, &handler.TypedEnqueueRequestForObject[*farmv1.Build]{})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, r.MaxConcurrentReconciles)}).
+		Complete(r)
+}
+
+// Notify asks for a reconcile of the Build the planner changed.
+func (r *Reconciler) Notify(k planner.BuildKey) {
+	ns, name := splitKey(k)
+	b := &farmv1.Build{}
+	b.Namespace, b.Name = ns, name
+	r.planned <- event.TypedGenericEvent[*farmv1.Build]{Object: b}
+}
+
+// Reconcile brings one Build forward.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	key := buildKey(req.NamespacedName)
+	b := &farmv1.Build{}
+	if err := r.Client.Get(ctx, req.NamespacedName, b); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Loop.Forget(key)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	before := b.DeepCopy()
+	s := &scope{b: b, key: key, now: r.Clock.Now(), log: log}
+
+	var res ctrl.Result
+	var err error
+	switch {
+	case b.Status.Phase.Finished():
+		r.Loop.Forget(key)
+		if b.Status.Phase == farmv1.BuildSucceeded {
+			r.Loop.Planner().SetAvailable(b.Spec.Derivation, true)
+		}
+		return r.reconcileTTL(ctx, b, s.now)
+	default:
+		res, err = r.reconcilePending(ctx, s)
+	}
+	if perr := r.patchStatus(ctx, before, b); perr != nil {
+		if apierrors.IsConflict(perr) {
+			r.Metrics.Conflicts.WithLabelValues("controller").Inc()
+			return ctrl.Result{Requeue: true}, nil
+		}
+		return ctrl.Result{}, perr
+	}
+	if b.Status.Allocation != nil {
+		r.Loop.Written(key, b.Status.Allocation.Agent)
+	} else {
+		r.Loop.Written(key, "")
+	}
+	return res, err
+}
+
+// scope carries what the phases of one reconcile share.
+type scope struct {
+	b     *farmv1.Build
+	key   planner.BuildKey
+	now   time.Time
+	log   logr.Logger
+	facts derivation.Facts
+}
+
+// reconcilePending runs the policies of a Build that has not finished, in order; each one may end
+// the reconcile.
+func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Result, error) {
+	if res, done := r.reconcileFacts(ctx, s); done {
+		return res, nil
+	}
+	if r.reconcileCancel(s) {
+		r.Loop.Forget(s.key)
+		return ctrl.Result{}, nil
+	}
+	if done, err := r.reconcileSkip(ctx, s); done || err != nil {
+		if done {
+			r.Loop.Forget(s.key)
+		}
+		return ctrl.Result{}, err
+	}
+	if err := r.reconcileInputBuilds(ctx, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.reconcileAllocation(s)
+	return ctrl.Result{}, nil
+}
+
+// patchStatus writes the status once, if it changed, with the resourceVersion of what was read.
+func (r *Reconciler) patchStatus(ctx context.Context, before, after *farmv1.Build) error {
+	if equalStatus(before, after) {
+		return nil
+	}
+	return r.Client.Status().Patch(ctx, after, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+}
+
+func buildKey(n types.NamespacedName) planner.BuildKey {
+	return planner.BuildKey(n.Namespace + "/" + n.Name)
+}
+
+func splitKey(k planner.BuildKey) (ns, name string) {
+	s := string(k)
+	for i := 0; i < len(s); i++ {
+		if s[i] == '/' {
+			return s[:i], s[i+1:]
+		}
+	}
+	return "", s
+}

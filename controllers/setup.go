@@ -1,0 +1,101 @@
+// Package controllers wires the farm's reconcilers and the planning loop into a manager.
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	agentctrl "github.com/guixfarm/guix-farm/controllers/agent"
+	"github.com/guixfarm/guix-farm/controllers/agentpool"
+	"github.com/guixfarm/guix-farm/controllers/build"
+	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/internal/index"
+	"github.com/guixfarm/guix-farm/internal/metrics"
+	"github.com/guixfarm/guix-farm/internal/planner"
+)
+
+// Options configure the farm's controllers.
+type Options struct {
+	Strategy planner.Strategy
+	// Facts reads .drv files; Outputs (optional) tells whether outputs are in the bucket.
+	Facts   build.FactsSource
+	Outputs build.OutputChecker
+	// BuildTTL deletes finished Builds after this long (0 keeps them).
+	BuildTTL time.Duration
+	// PlanDebounce batches a burst of events into one planning pass.
+	PlanDebounce time.Duration
+	// BuildWorkers is the number of Builds reconciled in parallel.
+	BuildWorkers int
+	// AgentGrace is added to a Lease's expiry before its agent is declared lost.
+	AgentGrace time.Duration
+	Clock      clock.Clock
+	Metrics    *metrics.Metrics
+	Log        logr.Logger
+}
+
+// Setup registers indexes, reconcilers and the planning loop with mgr. It returns the loop, whose
+// planner tests and the GC can reach.
+func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*planning.Loop, error) {
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New(nil)
+	}
+	if o.Strategy == "" {
+		o.Strategy = planner.Basic
+	}
+	if o.Strategy != planner.Basic && o.Strategy != planner.DerivationOrdered {
+		return nil, fmt.Errorf("strategy %q: want %q or %q", o.Strategy, planner.Basic, planner.DerivationOrdered)
+	}
+	if o.Facts == nil {
+		return nil, fmt.Errorf("controllers: a derivation source is required (--drv-dir or --drv-url)")
+	}
+	fi := mgr.GetFieldIndexer()
+	if err := fi.IndexField(ctx, &farmv1.Build{}, index.BuildDerivation, index.Derivation); err != nil {
+		return nil, fmt.Errorf("indexing %s: %w", index.BuildDerivation, err)
+	}
+	if err := fi.IndexField(ctx, &farmv1.Build{}, index.BuildAttemptAgent, index.AttemptAgent); err != nil {
+		return nil, fmt.Errorf("indexing %s: %w", index.BuildAttemptAgent, err)
+	}
+
+	p := planner.New(planner.Options{Strategy: o.Strategy})
+	br := &build.Reconciler{
+		Client: mgr.GetClient(), Facts: o.Facts, Outputs: o.Outputs, Clock: o.Clock,
+		Recorder: mgr.GetEventRecorder("guix-farm"), Metrics: o.Metrics, DefaultTTL: o.BuildTTL,
+		MaxConcurrentReconciles: max(o.BuildWorkers, 1),
+	}
+	loop := planning.New(p, o.Clock, o.Log.WithName("planner"), o.Metrics, o.PlanDebounce, br.Notify)
+	br.Loop = loop
+	if err := br.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the build controller: %w", err)
+	}
+	ar := &agentctrl.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Loop: loop, Clock: o.Clock,
+		Metrics: o.Metrics, Grace: o.AgentGrace}
+	if err := ar.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the agent controller: %w", err)
+	}
+	pr := &agentpool.Reconciler{Client: mgr.GetClient(), Loop: loop, Clock: o.Clock}
+	if err := pr.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the agentpool controller: %w", err)
+	}
+	if err := mgr.Add(loop); err != nil {
+		return nil, fmt.Errorf("adding the planning loop: %w", err)
+	}
+	return loop, nil
+}
+
+// RBAC of the controller (config/rbac/controller is generated from these).
+// +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=build.guixfarm.io,resources=agentpools,verbs=get;list;watch
+// +kubebuilder:rbac:groups=build.guixfarm.io,resources=agentpools/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
