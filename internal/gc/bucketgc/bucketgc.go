@@ -173,12 +173,15 @@ func (r *run) do(ctx context.Context, now time.Time) error {
 	if !o.DryRun && len(plan.DeleteNarInfos)+len(plan.DeleteNars) > 0 {
 		// Narinfos published while we listed may reference what the plan
 		// deletes: add them (young, hence roots) and plan again.
+		// They are roots whatever their age: the clocks of the controller
+		// and of the S3 server may disagree.
 		added, err := r.rescan(ctx, inv, listed)
 		if err != nil {
 			return err
 		}
-		if added > 0 {
-			r.report.Rescued = added
+		if len(added) > 0 {
+			r.report.Rescued = len(added)
+			roots = append(roots, added...)
 			if plan, err = gc.Compute(inv, roots, policy, now); err != nil {
 				return err
 			}
@@ -265,15 +268,18 @@ func (r *run) readNarInfo(ctx context.Context, listed minio.ObjectInfo) (gc.NarI
 	defer obj.Close()
 	data, err := io.ReadAll(io.LimitReader(obj, maxNarInfoSize))
 	if isNotFound(err) {
-		return gc.NarInfo{}, false, nil
+		return gc.NarInfo{}, false, nil // deleted since the listing
 	}
 	if err != nil {
 		return gc.NarInfo{}, false, r.explain(err, listed.Key, "reading")
 	}
-	// The object read may be newer than the listing: describe what was read.
+	// The object read may be newer than the listing: describe what was
+	// read. Stat answers from the GET's headers (no request), with the
+	// size left to read, hence len(data).
 	info := listed
+	info.Size = int64(len(data))
 	if st, err := obj.Stat(); err == nil {
-		info.ETag, info.Size = etagOf(st.ETag), st.Size
+		info.ETag = etagOf(st.ETag)
 		if st.LastModified.Truncate(time.Second) != listed.LastModified.Truncate(time.Second) {
 			info.LastModified = st.LastModified
 		}
@@ -290,11 +296,11 @@ func (r *run) readNarInfo(ctx context.Context, listed minio.ObjectInfo) (gc.NarI
 }
 
 // rescan lists the narinfos again and adds those new or changed since the
-// first listing to inv. It returns how many were added.
-func (r *run) rescan(ctx context.Context, inv *gc.Inventory, first map[string]minio.ObjectInfo) (int, error) {
+// first listing to inv. It returns their keys (roots by hash part).
+func (r *run) rescan(ctx context.Context, inv *gc.Inventory, first map[string]minio.ObjectInfo) ([]string, error) {
 	again, err := r.listNarInfos(ctx)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	fresh := map[string]minio.ObjectInfo{}
 	for k, o := range again {
@@ -303,17 +309,19 @@ func (r *run) rescan(ctx context.Context, inv *gc.Inventory, first map[string]mi
 		}
 	}
 	if len(fresh) == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	read, err := r.readNarInfos(ctx, fresh)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	byKey := map[string]int{}
 	for i, ni := range inv.NarInfos {
 		byKey[ni.Key] = i
 	}
+	var keys []string
 	for _, ni := range read {
+		keys = append(keys, ni.Key)
 		if i, ok := byKey[ni.Key]; ok {
 			inv.NarInfos[i] = ni
 		} else {
@@ -321,7 +329,7 @@ func (r *run) rescan(ctx context.Context, inv *gc.Inventory, first map[string]mi
 		}
 	}
 	r.log.Info("narinfos published during the run are protected", "count", len(read))
-	return len(read), nil
+	return keys, nil
 }
 
 // delete carries the plan out: narinfos (each re-checked), OnDeleted, then
