@@ -45,7 +45,7 @@ func hashOf(name string) string {
 	return nixbase32.EncodeToString(sum[:20])
 }
 
-func storePath(name string) string { return "/gnu/store/" + hashOf(name) + "-" + name }
+func storePath(name string) string  { return "/gnu/store/" + hashOf(name) + "-" + name }
 func narInfoKey(name string) string { return hashOf(name) + ".narinfo" }
 
 // narKey is content-addressed, like bucket.NarKey.
