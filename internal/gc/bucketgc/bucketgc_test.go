@@ -367,3 +367,19 @@ func TestMissingNar(t *testing.T) {
 		t.Errorf("OnDeleted (-want +got):\n%s", d)
 	}
 }
+
+func TestUnreadableNarInfoIsKept(t *testing.T) {
+	f := newFarm(t)
+	f.put(narInfoKey("broken"), []byte("this is not a narinfo\n"))
+	opts := f.options(time.Now().Add(2*grace), "nothing")
+	rep, err := Run(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(f.keys(), narInfoKey("broken")) {
+		t.Fatal("an unreadable narinfo was deleted")
+	}
+	if rep.Stats.Unreadable != 1 || len(rep.Lines) != 1 || rep.Lines[0].Reason != gc.ReasonUnreadable || rep.Lines[0].Note == "" {
+		t.Errorf("report: %+v", rep.Lines)
+	}
+}
