@@ -79,6 +79,12 @@ func Command(ctx context.Context, args []string, stdout io.Writer, deps Deps) er
 	if *endpoint == "" || *bucketName == "" {
 		return errors.New("gc: --endpoint and --bucket are required, e.g. --endpoint http://minio.guix-farm:9000 --bucket substitutes")
 	}
+	if *grace <= 0 {
+		return fmt.Errorf("gc: --grace must be positive (it protects uploads between their nar and narinfo), e.g. --grace 24h")
+	}
+	if err := (gc.RootSelector{NameGlobs: globs}).Validate(); err != nil {
+		return err
+	}
 	if *accessKey == "" {
 		*accessKey = getenv("AWS_ACCESS_KEY_ID")
 	}
