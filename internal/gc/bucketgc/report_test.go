@@ -1,11 +1,14 @@
 package bucketgc
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/guixfarm/guix-farm/internal/gc"
 )
@@ -66,4 +69,51 @@ summary narinfos=0 nars=0 roots=0 roots-unmatched=0 kept-narinfos=0 kept-nars=0 
 			}
 		})
 	}
+}
+
+func TestMetricsObserve(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := NewMetrics(reg)
+	t0 := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	r := &Report{Started: t0, Finished: t0.Add(time.Minute), Stats: gc.Stats{NarInfos: 3, KeptNarInfos: 2, MissingNars: 1}}
+	r.add(gc.Action{Kind: gc.KindNarInfo, Key: "x.narinfo", Reason: gc.ReasonUnreachable, Size: 500}, OutcomeDeleted, "")
+	r.add(gc.Action{Kind: gc.KindNar, Key: "nar/x", Reason: gc.ReasonOrphan, Size: 1500}, OutcomeDeleted, "")
+	m.Observe(r, nil)
+	m.Observe(nil, errors.New("bucket unreachable"))
+	if _, err := reg.Gather(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{
+		"deleted bytes":       value(t, m.DeletedBytes),
+		"deleted narinfos":    value(t, m.Deleted.WithLabelValues("narinfo", "unreachable")),
+		"deleted orphan nars": value(t, m.Deleted.WithLabelValues("nar", "orphan")),
+		"kept narinfos":       value(t, m.KeptNarInfos),
+		"missing nars":        value(t, m.MissingNars),
+		"ok runs":             value(t, m.Runs.WithLabelValues("ok")),
+		"failed runs":         value(t, m.Runs.WithLabelValues("error")),
+		"last success":        value(t, m.LastSuccess),
+	}
+	want := map[string]float64{
+		"deleted bytes": 2000, "deleted narinfos": 1, "deleted orphan nars": 1, "kept narinfos": 2,
+		"missing nars": 1, "ok runs": 1, "failed runs": 1, "last success": float64(t0.Add(time.Minute).Unix()),
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+}
+
+func value(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case d.Counter != nil:
+		return d.Counter.GetValue()
+	case d.Gauge != nil:
+		return d.Gauge.GetValue()
+	}
+	t.Fatalf("%v is neither a counter nor a gauge", m.Desc())
+	return 0
 }
