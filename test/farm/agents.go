@@ -1,0 +1,150 @@
+package farm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/guixfarm/guix-farm/agent"
+)
+
+var (
+	agentBinOnce sync.Once
+	agentBin     string
+	agentBinErr  error
+)
+
+// AgentBinary builds the real agent binary once per test binary.
+func AgentBinary(t testing.TB) string {
+	t.Helper()
+	agentBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "guix-farm-agent-bin-")
+		if err != nil {
+			agentBinErr = err
+			return
+		}
+		agentBin = filepath.Join(dir, "guix-farm-agent")
+		cmd := exec.Command("go", "build", "-o", agentBin, "./cmd/guix-farm-agent")
+		cmd.Dir = Root()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			agentBinErr = fmt.Errorf("building the agent: %v\n%s", err, out)
+		}
+	})
+	if agentBinErr != nil {
+		t.Fatal(agentBinErr)
+	}
+	return agentBin
+}
+
+// AgentProcess is a real agent binary running with the test builder.
+type AgentProcess struct {
+	Name string
+	Cmd  *exec.Cmd
+	log  *os.File
+	done chan struct{}
+}
+
+// AgentSpec describes an agent process.
+type AgentSpec struct {
+	Name, Pool    string
+	Systems       []string
+	Features      []string
+	Slots         int
+	TestDuration  time.Duration
+	LeaseDuration time.Duration
+	Record        string
+}
+
+// StartAgent runs the agent binary; it is stopped (SIGTERM) when the test ends unless killed before.
+func (e *Env) StartAgent(t testing.TB, kubeconfig, namespace string, s AgentSpec) *AgentProcess {
+	t.Helper()
+	bin := AgentBinary(t)
+	args := []string{"--kubeconfig", kubeconfig, "--namespace", namespace, "--name", s.Name, "--pool", s.Pool,
+		"--systems", strings.Join(s.Systems, ","), "--features", strings.Join(s.Features, ","),
+		"--slots", fmt.Sprint(max(s.Slots, 1)), "--builder", "test", "--test-duration", s.TestDuration.String(),
+		"--lease-duration", s.LeaseDuration.String(), "--test-record", s.Record}
+	logf, err := os.Create(filepath.Join(t.TempDir(), s.Name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting agent %s: %v", s.Name, err)
+	}
+	p := &AgentProcess{Name: s.Name, Cmd: cmd, log: logf, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			data, _ := os.ReadFile(logf.Name())
+			t.Logf("agent %s log:\n%s", s.Name, tail(string(data), 4000))
+		}
+	})
+	return p
+}
+
+// Kill sends SIGKILL: no release, no Lease deletion; the controller must notice the loss.
+func (p *AgentProcess) Kill() {
+	_ = p.Cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Stop sends SIGTERM and waits.
+func (p *AgentProcess) Stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		p.Kill()
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// StartInProcessAgent runs an agent inside the test process (for benchmarks: no process start-up).
+func (e *Env) StartInProcessAgent(t testing.TB, ctx context.Context, cfg agent.Config, b agent.Builder, log logr.Logger) {
+	t.Helper()
+	copts := agent.CacheOptions(cfg.Name, cfg.Namespace)
+	copts.Scheme = e.Scheme
+	c, err := cache.New(e.Config, copts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(cfg, cl, c, b, clock.RealClock{}, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = c.Start(cctx) }()
+	go func() { defer wg.Done(); _ = a.Run(cctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+}
