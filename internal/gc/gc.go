@@ -28,8 +28,9 @@ const DefaultNarPrefix = "nar/"
 type NarInfo struct {
 	// Key is the object name, "<hash>.narinfo".
 	Key string
-	// StorePath, References (base names, "<hash>-<name>") and URL (the nar
-	// object, relative to the bucket root) are the narinfo's fields.
+	// StorePath, References and URL (the nar object, relative to the
+	// bucket root) are the narinfo's fields. References may be base names
+	// ("<hash>-<name>") or just hash parts: only the hash part is used.
 	StorePath  string
 	References []string
 	URL        string

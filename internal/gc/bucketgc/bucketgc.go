@@ -116,7 +116,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &run{opts: opts, log: opts.Log.WithValues("bucket", opts.Bucket)}
+	r := &run{opts: opts, log: opts.Log.WithValues("bucket", opts.Bucket), interned: map[string]string{}}
 	start := opts.Clock.Now()
 	r.report = &Report{Bucket: opts.Bucket, DryRun: opts.DryRun, Started: start}
 	err = r.do(ctx, start)
@@ -136,6 +136,9 @@ type run struct {
 	opts   Options
 	log    logr.Logger
 	report *Report
+
+	mu       sync.Mutex
+	interned map[string]string // reference hash parts
 }
 
 func (r *run) do(ctx context.Context, now time.Time) error {
@@ -291,7 +294,25 @@ func (r *run) readNarInfo(ctx context.Context, listed minio.ObjectInfo) (gc.NarI
 		r.log.Info("unreadable narinfo kept; fix or delete it by hand", "key", listed.Key, "err", err.Error())
 		return out, true, nil
 	}
-	out.StorePath, out.References, out.URL = ni.StorePath, ni.References, ni.URL
+	// Keep only what the plan needs, without pinning the narinfo's text:
+	// references shrink to interned hash parts (many narinfos reference
+	// the same few paths).
+	out.StorePath, out.URL = strings.Clone(ni.StorePath), strings.Clone(ni.URL)
+	out.References = make([]string, 0, len(ni.References))
+	r.mu.Lock()
+	for _, ref := range ni.References {
+		h := gc.HashPart(ref)
+		if h == "" {
+			continue
+		}
+		s, ok := r.interned[h]
+		if !ok {
+			s = strings.Clone(h)
+			r.interned[s] = s
+		}
+		out.References = append(out.References, s)
+	}
+	r.mu.Unlock()
 	return out, true, nil
 }
 
