@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if a := os.Getenv(crashChildEnv); a != "" {
 		os.Exit(crashChild(a))
 	}
+	if a := os.Getenv(benchChildEnv); a != "" {
+		os.Exit(benchChild(a))
+	}
 	os.Exit(m.Run())
 }
 

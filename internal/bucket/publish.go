@@ -12,6 +12,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/go-logr/logr"
 	"github.com/minio/minio-go/v7"
@@ -97,6 +98,11 @@ type Publisher struct {
 	dir  storepath.Dir
 	log  logr.Logger
 	keys signing.Keys
+
+	// firstParts recycles the buffer that decides between one PUT and a
+	// multipart upload: most items are small, and publishing many of them
+	// should not allocate 5 MiB each.
+	firstParts sync.Pool
 
 	// beforeNarInfo, when set (tests), runs after the nar is verified and
 	// before the narinfo is written.
@@ -434,7 +440,13 @@ func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash 
 // items are small), else a multipart upload with Concurrency parts in
 // flight. Memory: PartSize × (Concurrency + 1).
 func (p *Publisher) putStream(ctx context.Context, key string, r io.Reader) (minio.UploadInfo, error) {
-	first := make([]byte, minPartSize)
+	bp, _ := p.firstParts.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, minPartSize)
+		bp = &b
+	}
+	defer p.firstParts.Put(bp)
+	first := *bp
 	n, err := io.ReadFull(r, first)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		return p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(first[:n]), int64(n), minio.PutObjectOptions{
