@@ -24,6 +24,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/guixfarm/guix-farm/internal/nar"
+	"github.com/guixfarm/guix-farm/internal/narinfo"
 	"github.com/guixfarm/guix-farm/internal/signing"
 	"github.com/guixfarm/guix-farm/internal/storepath"
 	"github.com/guixfarm/guix-farm/test/testbed"
@@ -572,4 +573,54 @@ func mustParse(t testing.TB, p string) storepath.Path {
 		t.Fatal(err)
 	}
 	return sp
+}
+
+// TestBothSignatures: with a Nix and a Guix key, the narinfo carries a Sig
+// and a Signature that each verify.
+func TestBothSignatures(t *testing.T) {
+	e := newEnv(t)
+	gk, err := signing.GenerateGuixKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.cfg
+	cfg.Keys.Guix = &gk
+	p, err := NewPublisher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.EnsureBucket(context.Background()); err != nil { // again: idempotent
+		t.Fatal(err)
+	}
+	res, err := p.Publish(context.Background(), DiskItem(outPath, tree(t, "signed")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body := e.m.Get(t, e.url(res.NarInfoKey))
+	ni, err := narinfo.Parse([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, _ := signing.ParseNixPublicKey(testPublicKey)
+	if err := ni.Verify([]signing.NixPublicKey{pk}, []signing.GuixPublicKey{gk.Public()}); err != nil {
+		t.Errorf("published narinfo: %v\n%s", err, body)
+	}
+}
+
+// TestNarInfoPutIsConditional: the narinfo PUT never replaces an existing
+// one (If-None-Match: *), which settles races between publishers.
+func TestNarInfoPutIsConditional(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	created, err := e.pub.putNarInfo(ctx, "x.narinfo", []byte("first"))
+	if err != nil || !created {
+		t.Fatalf("first PUT: %v, %v", created, err)
+	}
+	created, err = e.pub.putNarInfo(ctx, "x.narinfo", []byte("second"))
+	if err != nil || created {
+		t.Fatalf("second PUT: created %v, %v", created, err)
+	}
+	if _, body := e.m.Get(t, e.url("x.narinfo")); body != "first" {
+		t.Errorf("narinfo replaced: %q", body)
+	}
 }
