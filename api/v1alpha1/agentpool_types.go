@@ -63,19 +63,19 @@ type AgentPoolSpec struct {
 type AgentPoolStatus struct {
 	// Replicas is the number of agents of this pool holding a live Lease.
 	// +optional
-	Replicas int32 `json:"replicas,omitempty"`
+	Replicas int32 `json:"replicas"`
 
 	// ReadyAgents is the number of agents with a live Lease.
 	// +optional
-	ReadyAgents int32 `json:"readyAgents,omitempty"`
+	ReadyAgents int32 `json:"readyAgents"`
 
 	// RunningBuilds is the number of builds the pool's agents run.
 	// +optional
-	RunningBuilds int32 `json:"runningBuilds,omitempty"`
+	RunningBuilds int32 `json:"runningBuilds"`
 
 	// QueueDepth is the number of pending builds for the pool's systems.
 	// +optional
-	QueueDepth int32 `json:"queueDepth,omitempty"`
+	QueueDepth int32 `json:"queueDepth"`
 
 	// Selector is the label selector of the pool's agents, for the scale subresource (HPA).
 	// +optional

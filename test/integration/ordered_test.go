@@ -1,0 +1,84 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/agent/testbuilder"
+	"github.com/guixfarm/guix-farm/internal/planner"
+	"github.com/guixfarm/guix-farm/test/farm"
+)
+
+// TestDerivationOrdered: with the derivation-ordered strategy a DAG of builds starts only in
+// dependency order (asserted from the recorded start and end times), and prerequisites of the
+// urgent leaf inherit its priority.
+func TestDerivationOrdered(t *testing.T) {
+	ctx := context.Background()
+	ns := env.Namespace(t, "ordered")
+	drvs := farm.NewDrvs(t)
+	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.DerivationOrdered})
+	kc := env.Kubeconfig(t)
+	record := filepath.Join(t.TempDir(), "attempts.jsonl")
+
+	// A distribution in miniature: a bootstrap chain, a library every package needs (a diamond),
+	// and packages on top of it.
+	const sys = "x86_64-linux"
+	inputs := map[string][]string{}
+	boot0 := drvs.Add(t, "boot0", sys, 0)
+	boot1 := drvs.Add(t, "boot1", sys, 1, boot0)
+	boot2 := drvs.Add(t, "boot2", sys, 2, boot1)
+	libc := drvs.Add(t, "libc", sys, 3, boot2)
+	zlib := drvs.Add(t, "zlib", sys, 4, libc)
+	ssl := drvs.Add(t, "openssl", sys, 5, libc, zlib)
+	inputs[boot1], inputs[boot2], inputs[libc] = []string{boot0}, []string{boot1}, []string{boot2}
+	inputs[zlib], inputs[ssl] = []string{libc}, []string{libc, zlib}
+	all := []string{boot0, boot1, boot2, libc, zlib, ssl}
+	for i := range 10 {
+		p := drvs.Add(t, fmt.Sprintf("app%d", i), sys, 10+i, ssl, zlib)
+		inputs[p] = []string{ssl, zlib}
+		all = append(all, p)
+	}
+	names := map[string]string{}
+	// Submit leaves first, so submission order alone would get the order wrong.
+	for i := len(all) - 1; i >= 0; i-- {
+		name := fmt.Sprintf("n%02d", i)
+		names[all[i]] = ns + "/" + name
+		if err := env.Client.Create(ctx, farm.MakeBuild(name, ns, all[i]).Obj()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 {
+		env.StartAgent(t, kc, ns, farm.AgentSpec{Name: fmt.Sprintf("ord-%d", i), Systems: []string{sys}, Slots: 2,
+			TestDuration: 100 * time.Millisecond, LeaseDuration: 5 * time.Second, Record: record})
+	}
+	waitFor(t, 2*time.Minute, "the DAG to build", func() (bool, string) {
+		p := phases(listBuilds(t, ns))
+		return p[farmv1.BuildSucceeded] == len(all), fmt.Sprint(p)
+	})
+
+	recs, err := testbuilder.ReadRecords(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, end := map[string]time.Time{}, map[string]time.Time{}
+	for _, r := range recs {
+		switch {
+		case r.Event == "start" && start[r.Drv].IsZero():
+			start[r.Drv] = r.Time
+		case r.Event == "end" && r.Result == "succeeded":
+			end[r.Drv] = r.Time
+		}
+	}
+	for drv, ins := range inputs {
+		for _, in := range ins {
+			if !start[drv].After(end[in]) {
+				t.Errorf("%s started at %s before its input %s finished at %s", names[drv],
+					start[drv].Format(time.StampMicro), names[in], end[in].Format(time.StampMicro))
+			}
+		}
+	}
+}
