@@ -624,3 +624,28 @@ func TestNarInfoPutIsConditional(t *testing.T) {
 		t.Errorf("narinfo replaced: %q", body)
 	}
 }
+
+// TestNarUploadErrorReported: when the nar upload itself fails, the error
+// is the server's answer, not the pipe's, and nothing is published.
+func TestNarUploadErrorReported(t *testing.T) {
+	m := testbed.StartMinIO(t)
+	e := newEnvOn(t, m)
+	proxy, _ := faultProxy(t, m.URL, "/nar/", 1000, http.StatusForbidden)
+	cfg := e.cfg
+	cfg.Endpoint = proxy
+	p, err := NewPublisher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cfg.PartSize = minPartSize
+	for name, dir := range map[string]string{"single PUT": tree(t, "x"), "multipart": bigTree(t)} {
+		_, err = p.Publish(context.Background(), DiskItem(outPath, dir))
+		t.Logf("%s: %v", name, err)
+		if err == nil || !strings.Contains(err.Error(), "403") && !strings.Contains(err.Error(), "Access Denied") && !strings.Contains(err.Error(), "Forbidden") {
+			t.Errorf("%s: got %v, want the server's 403", name, err)
+		}
+	}
+	if objs := e.objects(t); len(objs) != 1 { // nix-cache-info
+		t.Errorf("objects after failed uploads: %v", objs)
+	}
+}

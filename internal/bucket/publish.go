@@ -368,6 +368,10 @@ func sourceError(storePath string, err error) error {
 	return err
 }
 
+// errUploadEnded is what the NAR producer sees when the upload stopped
+// reading; the upload's own error is the one to report.
+var errUploadEnded = errors.New("the upload stopped reading")
+
 type uploaded struct {
 	fileHash string
 	fileSize int64
@@ -418,13 +422,15 @@ func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash 
 		done <- err
 	}()
 	info, uerr := p.putStream(ctx, key, pr)
-	pr.CloseWithError(errors.New("upload ended")) // unblocks the producer
+	pr.CloseWithError(errUploadEnded) // unblocks the producer
 	perr := <-done
-	if perr != nil {
-		return uploaded{}, perr
-	}
-	if uerr != nil {
+	switch {
+	case perr != nil && !errors.Is(perr, errUploadEnded):
+		return uploaded{}, perr // the source's fault: the upload saw it too
+	case uerr != nil:
 		return uploaded{}, explain(uerr, p.cfg.Endpoint, p.cfg.Bucket, key)
+	case perr != nil:
+		return uploaded{}, perr
 	}
 	if info.Size != fileHasher.Size() {
 		return uploaded{}, fmt.Errorf("s3 object %s/%s: uploaded %d bytes, compressed %d", p.cfg.Bucket, key, info.Size, fileHasher.Size())
