@@ -71,6 +71,11 @@ func (g *group) serves(c *class) bool {
 }
 
 func (p *Planner) classFor(system string, reqs []string) int32 {
+	if len(reqs) == 0 { // the common case: no key to build, nothing to allocate
+		if ci, ok := p.plain[system]; ok {
+			return ci
+		}
+	}
 	reqs = normalize(reqs)
 	key := system + "\x00" + strings.Join(reqs, "\x00")
 	if ci, ok := p.byClass[key]; ok {
@@ -86,6 +91,9 @@ func (p *Planner) classFor(system string, reqs []string) int32 {
 	p.classes = append(p.classes, c)
 	ci := int32(len(p.classes) - 1)
 	p.byClass[key] = ci
+	if len(reqs) == 0 {
+		p.plain[system] = ci
+	}
 	p.refreshClass(c)
 	return ci
 }

@@ -68,6 +68,9 @@ type Options struct {
 	Strategy Strategy // default Basic
 	// HorizonFactor sizes each agent's horizon: HorizonFactor*Slots - Running. Default 2.
 	HorizonFactor int
+	// ExpectedBuilds is a size hint (e.g. the Build count of the informer's initial list):
+	// the model's tables are allocated for it up front instead of growing while loading.
+	ExpectedBuilds int
 }
 
 // Allocation is one change of a build's allocated agent.
@@ -142,6 +145,7 @@ type Planner struct {
 	// classes and capabilities
 	classes   []*class
 	byClass   map[string]int32
+	plain     map[string]int32 // system -> class without requirements (no key to build)
 	agents    []agentState
 	freeAgent []int32
 	byAgent   map[string]int32
@@ -158,17 +162,22 @@ func New(o Options) *Planner {
 	if o.HorizonFactor <= 0 {
 		o.HorizonFactor = 2
 	}
+	n := max(o.ExpectedBuilds, 0)
 	p := &Planner{
 		strategy: o.Strategy,
 		factor:   o.HorizonFactor,
 		now:      math.MinInt64,
-		byKey:    map[BuildKey]int32{},
+		builds:   make([]build, 0, n),
+		byKey:    make(map[BuildKey]int32, n),
 		allocs:   map[string]map[int32]struct{}{},
-		byDrv:    map[string]int32{},
-		byClass:  map[string]int32{},
-		byAgent:  map[string]int32{},
-		byGroup:  map[string]int32{},
-		pools:    map[string]int32{},
+		// Derivations: one per build plus inputs that have no build (mostly available ones).
+		nodes:   make([]node, 0, n+n/8),
+		byDrv:   make(map[string]int32, n+n/8),
+		byClass: map[string]int32{},
+		plain:   map[string]int32{},
+		byAgent: map[string]int32{},
+		byGroup: map[string]int32{},
+		pools:   map[string]int32{},
 	}
 	p.deferred.p = p
 	return p

@@ -214,7 +214,7 @@ func benchPlan(b *testing.B, builds int) {
 			cpu0 := cpuTime()
 			for b.Loop() {
 				start := time.Now()
-				p := New(Options{Strategy: s})
+				p := New(Options{Strategy: s, ExpectedBuilds: len(d.Builds)})
 				d.Load(p)
 				mid := time.Now()
 				out := p.Plan(benchNow)
