@@ -206,18 +206,24 @@ func (r *run) do(ctx context.Context, now time.Time) error {
 	return r.delete(ctx, plan)
 }
 
+// listedObject is what a run keeps of a listed narinfo (not the whole
+// minio.ObjectInfo: a million of those is gigabytes).
+type listedObject struct {
+	Key, ETag    string
+	LastModified time.Time
+}
+
 func etagOf(s string) string { return strings.Trim(s, `"`) }
 
 // listNarInfos lists <hash>.narinfo at the bucket's root.
-func (r *run) listNarInfos(ctx context.Context) (map[string]minio.ObjectInfo, error) {
-	out := map[string]minio.ObjectInfo{}
+func (r *run) listNarInfos(ctx context.Context) (map[string]listedObject, error) {
+	out := map[string]listedObject{}
 	for obj := range r.opts.Client.ListObjects(ctx, r.opts.Bucket, minio.ListObjectsOptions{}) {
 		if obj.Err != nil {
 			return nil, r.explain(obj.Err, "", "listing narinfos")
 		}
 		if strings.HasSuffix(obj.Key, ".narinfo") && !strings.Contains(obj.Key, "/") && gc.HashPart(obj.Key) != "" {
-			obj.ETag = etagOf(obj.ETag)
-			out[obj.Key] = obj
+			out[obj.Key] = listedObject{Key: obj.Key, ETag: etagOf(obj.ETag), LastModified: obj.LastModified}
 		}
 	}
 	return out, nil
@@ -239,8 +245,8 @@ func (r *run) listNars(ctx context.Context) ([]gc.Nar, error) {
 
 // readNarInfos reads the listed narinfos, Concurrency at a time. A narinfo
 // gone since the listing is left out; a corrupt one is kept with Err set.
-func (r *run) readNarInfos(ctx context.Context, listed map[string]minio.ObjectInfo) ([]gc.NarInfo, error) {
-	objs := make([]minio.ObjectInfo, 0, len(listed))
+func (r *run) readNarInfos(ctx context.Context, listed map[string]listedObject) ([]gc.NarInfo, error) {
+	objs := make([]listedObject, 0, len(listed))
 	for _, o := range listed {
 		objs = append(objs, o)
 	}
@@ -263,7 +269,7 @@ func (r *run) readNarInfos(ctx context.Context, listed map[string]minio.ObjectIn
 	return out, nil
 }
 
-func (r *run) readNarInfo(ctx context.Context, listed minio.ObjectInfo) (gc.NarInfo, bool, error) {
+func (r *run) readNarInfo(ctx context.Context, listed listedObject) (gc.NarInfo, bool, error) {
 	obj, err := r.opts.Client.GetObject(ctx, r.opts.Bucket, listed.Key, minio.GetObjectOptions{})
 	if err != nil {
 		return gc.NarInfo{}, false, r.explain(err, listed.Key, "reading")
@@ -279,15 +285,13 @@ func (r *run) readNarInfo(ctx context.Context, listed minio.ObjectInfo) (gc.NarI
 	// The object read may be newer than the listing: describe what was
 	// read. Stat answers from the GET's headers (no request), with the
 	// size left to read, hence len(data).
-	info := listed
-	info.Size = int64(len(data))
+	out := gc.NarInfo{Key: listed.Key, Size: int64(len(data)), LastModified: listed.LastModified, ETag: listed.ETag}
 	if st, err := obj.Stat(); err == nil {
-		info.ETag = etagOf(st.ETag)
+		out.ETag = etagOf(st.ETag)
 		if st.LastModified.Truncate(time.Second) != listed.LastModified.Truncate(time.Second) {
-			info.LastModified = st.LastModified
+			out.LastModified = st.LastModified
 		}
 	}
-	out := gc.NarInfo{Key: listed.Key, Size: info.Size, LastModified: info.LastModified, ETag: info.ETag}
 	ni, err := narinfo.Parse(data)
 	if err != nil {
 		out.Err = err.Error()
@@ -318,12 +322,12 @@ func (r *run) readNarInfo(ctx context.Context, listed minio.ObjectInfo) (gc.NarI
 
 // rescan lists the narinfos again and adds those new or changed since the
 // first listing to inv. It returns their keys (roots by hash part).
-func (r *run) rescan(ctx context.Context, inv *gc.Inventory, first map[string]minio.ObjectInfo) ([]string, error) {
+func (r *run) rescan(ctx context.Context, inv *gc.Inventory, first map[string]listedObject) ([]string, error) {
 	again, err := r.listNarInfos(ctx)
 	if err != nil {
 		return nil, err
 	}
-	fresh := map[string]minio.ObjectInfo{}
+	fresh := map[string]listedObject{}
 	for k, o := range again {
 		if f, ok := first[k]; !ok || f.ETag != o.ETag {
 			fresh[k] = o
