@@ -175,9 +175,8 @@ func (r *run) do(ctx context.Context, now time.Time) error {
 	}
 	if !o.DryRun && len(plan.DeleteNarInfos)+len(plan.DeleteNars) > 0 {
 		// Narinfos published while we listed may reference what the plan
-		// deletes: add them (young, hence roots) and plan again.
-		// They are roots whatever their age: the clocks of the controller
-		// and of the S3 server may disagree.
+		// deletes: add them as roots (whatever their time: the clocks of
+		// the controller and of the S3 server may disagree) and plan again.
 		added, err := r.rescan(ctx, inv, listed)
 		if err != nil {
 			return err
@@ -345,12 +344,27 @@ func (r *run) rescan(ctx context.Context, inv *gc.Inventory, first map[string]li
 		byKey[ni.Key] = i
 	}
 	var keys []string
+	nars := make(map[string]bool, len(inv.Nars))
+	for _, n := range inv.Nars {
+		nars[n.Key] = true
+	}
 	for _, ni := range read {
 		keys = append(keys, ni.Key)
 		if i, ok := byKey[ni.Key]; ok {
 			inv.NarInfos[i] = ni
 		} else {
 			inv.NarInfos = append(inv.NarInfos, ni)
+		}
+		// Its nar may have been uploaded after the nar listing.
+		if k := strings.TrimPrefix(ni.URL, "./"); ni.Err == "" && strings.HasPrefix(k, r.opts.NarPrefix) && !nars[k] {
+			st, err := r.opts.Client.StatObject(ctx, r.opts.Bucket, k, minio.StatObjectOptions{})
+			if err != nil && !isNotFound(err) {
+				return nil, r.explain(err, k, "checking")
+			}
+			if err == nil {
+				nars[k] = true
+				inv.Nars = append(inv.Nars, gc.Nar{Key: k, Size: st.Size, LastModified: st.LastModified, ETag: etagOf(st.ETag)})
+			}
 		}
 	}
 	r.log.Info("narinfos published during the run are protected", "count", len(read))

@@ -289,6 +289,7 @@ func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func TestRacesWithPublishers(t *testing.T) {
 	f := newFarm(t)
 	f.publish("old-dep")
+	f.publish("old-dep2")
 	f.publish("republished")
 	f.publish("gone")
 	later := time.Now().Add(grace + time.Hour)
@@ -300,6 +301,18 @@ func TestRacesWithPublishers(t *testing.T) {
 		if r.Method == http.MethodGet && r.URL.Query().Get("prefix") == "nar/" {
 			f.publish("new", "old-dep")
 			return true
+		}
+		return false
+	})
+	// At the second narinfo listing (the rescan): a build published
+	// after the nar listing, nar included.
+	rootListings := 0
+	ht.hooks = append(ht.hooks, func(r *http.Request) bool {
+		if r.Method == http.MethodGet && r.URL.Query().Has("list-type") && r.URL.Query().Get("prefix") == "" {
+			if rootListings++; rootListings == 2 {
+				f.publish("late", "old-dep2")
+				return true
+			}
 		}
 		return false
 	})
@@ -323,13 +336,14 @@ func TestRacesWithPublishers(t *testing.T) {
 	var buf bytes.Buffer
 	rep.WriteTo(&buf)
 	keys := f.keys()
-	for _, k := range []string{narInfoKey("old-dep"), narKey("nar of old-dep"), narInfoKey("new"), narInfoKey("republished"), narKey("nar of republished")} {
+	for _, k := range []string{narInfoKey("old-dep"), narKey("nar of old-dep"), narInfoKey("new"), narInfoKey("republished"), narKey("nar of republished"),
+		narInfoKey("late"), narKey("nar of late"), narInfoKey("old-dep2"), narKey("nar of old-dep2")} {
 		if !slices.Contains(keys, k) {
 			t.Errorf("%s was deleted\n%s", k, buf.String())
 		}
 	}
-	if rep.Rescued != 1 || rep.Skipped != 2 {
-		t.Errorf("rescued %d, skipped %d; want 1 and 2 (the re-published narinfo and its nar)\n%s", rep.Rescued, rep.Skipped, buf.String())
+	if rep.Rescued != 2 || rep.Skipped != 2 || rep.Stats.MissingNars != 0 {
+		t.Errorf("rescued %d, skipped %d, missing nars %d; want 2, 2 (the re-published narinfo and its nar) and 0\n%s", rep.Rescued, rep.Skipped, rep.Stats.MissingNars, buf.String())
 	}
 	// "gone" was unreferenced at planning time and is deleted even though
 	// the re-published narinfo now references it: the re-check cannot see
