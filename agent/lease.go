@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/guixfarm/guix-farm/internal/agentlease"
 )
+
+// minLeaseUpdate spaces the Lease writes that report changed free slots.
+const minLeaseUpdate = time.Second
 
 // holdLease renews the Lease until ctx ends. It returns an error once renewal has failed for a
 // whole lease duration: the agent must then stop, as the controller treats it as lost.
@@ -24,6 +28,14 @@ func (a *Agent) holdLease(ctx context.Context) error {
 			return nil
 		case <-t.C():
 		case <-a.leaseKick():
+			// Slots changed: tell the planner soon, but coalesce a burst of claims into one write.
+			if d := a.clock.Since(lastOK); d < minLeaseUpdate {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-a.clock.After(minLeaseUpdate - d):
+				}
+			}
 		}
 		if err := a.renewLease(ctx); err != nil {
 			if ctx.Err() != nil {

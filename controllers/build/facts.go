@@ -41,18 +41,31 @@ func (r *Reconciler) reconcileFacts(ctx context.Context, s *scope) (ctrl.Result,
 	}
 	s.facts = facts
 	conditions.Remove(&b.Status.Conditions, farmv1.BuildConditionDerivationReadable)
-	if b.Status.System == "" {
-		b.Status.System = facts.System
-		b.Status.DerivationName = facts.Name
-		b.Status.Outputs = make([]farmv1.Output, len(facts.Outputs))
-		for i, o := range facts.Outputs {
-			b.Status.Outputs[i] = farmv1.Output{Name: o.Name, Path: o.Path}
-		}
-	}
+	return ctrl.Result{}, false
+}
+
+// FactsDelay is how long a new Build may stay without any status: most are planned within it,
+// and then one write carries the facts and the allocation together.
+const FactsDelay = 2 * time.Second
+
+// recordFacts writes the derivation's small facts into the status: always the phase, system and
+// name (for kubectl's columns), and the outputs once the Build is planned, so a Build waiting in
+// a queue of 10^5 stays small in etcd.
+func recordFacts(s *scope, withOutputs bool) {
+	b := s.b
 	if b.Status.Phase == "" {
 		b.Status.Phase = farmv1.BuildPending
 	}
-	return ctrl.Result{}, false
+	if b.Status.System == "" {
+		b.Status.System = s.facts.System
+		b.Status.DerivationName = s.facts.Name
+	}
+	if withOutputs && len(b.Status.Outputs) == 0 {
+		b.Status.Outputs = make([]farmv1.Output, len(s.facts.Outputs))
+		for i, o := range s.facts.Outputs {
+			b.Status.Outputs[i] = farmv1.Output{Name: o.Name, Path: o.Path}
+		}
+	}
 }
 
 // factsBackoff doubles the wait with the time the .drv has been unreadable, within bounds, so
