@@ -2,12 +2,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/clock"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -19,13 +22,25 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
+	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
+	"github.com/guixfarm/guix-farm/internal/gc/bucketgc"
+	"github.com/guixfarm/guix-farm/internal/gc/gccmd"
 	"github.com/guixfarm/guix-farm/internal/metrics"
 	"github.com/guixfarm/guix-farm/internal/planner"
 	"github.com/guixfarm/guix-farm/internal/storepath"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "gc" {
+		// One collection of the bucket, then exit: guix-farm-controller gc --endpoint … --bucket … --dry-run
+		err := gccmd.Command(context.Background(), os.Args[2:], os.Stdout, gccmd.Deps{Log: zap.New()})
+		if err != nil && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "guix-farm-controller gc:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "guix-farm-controller:", err)
 		os.Exit(1)
@@ -39,6 +54,8 @@ func run() error {
 		leaderElect                           bool
 		o                                     controllers.Options
 		factsCacheSize                        int
+		bcfg                                  bucket.Config
+		gcInterval, gcGrace                   time.Duration
 	)
 	flag.StringVar(&namespace, "namespace", os.Getenv("WATCH_NAMESPACE"), "namespace of Builds, AgentPools and agent Leases; empty watches all")
 	flag.StringVar(&strategy, "strategy", string(planner.Basic), "allocation strategy: basic or derivation-ordered")
@@ -49,6 +66,10 @@ func run() error {
 	flag.DurationVar(&o.PlanDebounce, "plan-debounce", 20*time.Millisecond, "batch the events of a burst into one planning pass")
 	flag.IntVar(&o.BuildWorkers, "build-workers", 16, "Builds reconciled in parallel")
 	flag.DurationVar(&o.AgentGrace, "agent-grace", 2*time.Second, "added to a Lease's expiry before its agent is declared lost")
+	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the substitute bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
+	flag.StringVar(&bcfg.Bucket, "bucket", "", "the bucket that serves substitutes; the controller reads .drv files and output availability from it")
+	flag.DurationVar(&gcInterval, "gc-interval", 0, "run the bucket's reference-aware GC this often (0 disables it)")
+	flag.DurationVar(&gcGrace, "gc-grace", bucketgc.DefaultGrace, "GC never deletes objects younger than this")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one replica")
@@ -58,12 +79,26 @@ func run() error {
 	log := zap.New(zap.UseFlagOptions(&zo))
 	ctrl.SetLogger(log)
 
-	if drvDir == "" {
-		return fmt.Errorf("--drv-dir is required: the directory the controller reads .drv files from")
-	}
 	o.Strategy = planner.Strategy(strategy)
-	o.Facts = drvsource.NewFactsCache(drvsource.NewDir(drvDir, storepath.Dir(storeDir)), factsCacheSize)
 	o.Log = log
+	var reader *bucket.Reader
+	if bcfg.Bucket != "" {
+		bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+		bcfg.StoreDir, bcfg.AllowUnsigned, bcfg.Log = storeDir, true, log.WithName("bucket")
+		var err error
+		if reader, err = bucket.NewReader(bcfg, bucket.ReaderOptions{}); err != nil {
+			return fmt.Errorf("--bucket-endpoint/--bucket: %w", err)
+		}
+		o.Outputs = controllers.BucketOutputs{Reader: reader}
+	}
+	switch {
+	case drvDir != "":
+		o.Facts = drvsource.NewFactsCache(drvsource.NewDir(drvDir, storepath.Dir(storeDir)), factsCacheSize)
+	case reader != nil:
+		o.Facts = drvsource.NewFactsCache(reader, factsCacheSize)
+	default:
+		return fmt.Errorf("no derivation source: give --bucket-endpoint and --bucket (the farm's bucket) or --drv-dir")
+	}
 
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -90,8 +125,24 @@ func run() error {
 	}
 	o.Metrics = metrics.New(crmetrics.Registry)
 	ctx := ctrl.SetupSignalHandler()
-	if _, err := controllers.Setup(ctx, mgr, o); err != nil {
+	loop, err := controllers.Setup(ctx, mgr, o)
+	if err != nil {
 		return err
+	}
+	if gcInterval > 0 {
+		if reader == nil {
+			return fmt.Errorf("--gc-interval needs the bucket: give --bucket-endpoint and --bucket")
+		}
+		gcClient, err := bucket.NewClient(bcfg)
+		if err != nil {
+			return err
+		}
+		gcm := bucketgc.NewMetrics(crmetrics.Registry)
+		if err := mgr.Add(&bucketgc.Scheduler{Interval: gcInterval, Clock: clock.RealClock{}, Log: log.WithName("gc"), OnReport: gcm.Observe,
+			Options: bucketgc.Options{Client: gcClient, Bucket: bcfg.Bucket, Grace: gcGrace, Log: log.WithName("gc"),
+				Roots: controllers.BuildRoots{Client: mgr.GetClient()}, OnDeleted: controllers.OutputsDeleted(mgr.GetClient(), loop, reader)}}); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

@@ -161,9 +161,10 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// newClient makes the S3 client. minio-go's own retries stay on (few), so
-// a failed part is re-sent from its buffer instead of restarting the item.
-func newClient(c Config) (*minio.Client, error) {
+// NewClient makes the S3 client for c's endpoint and credentials (anonymous when both keys are
+// empty). minio-go's own retries stay on (few), so a failed part is re-sent from its buffer
+// instead of restarting the item.
+func NewClient(c Config) (*minio.Client, error) {
 	host, secure := c.Endpoint, c.Secure
 	if strings.Contains(host, "://") {
 		u, err := url.Parse(host)

@@ -125,7 +125,7 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 	if len(keys.Nix) == 0 && keys.Guix == nil && !cfg.AllowUnsigned {
 		return nil, errors.New("bucket: no narinfo signing keys: set Config.Keys or Config.KeyFiles (or AllowUnsigned for a cache clients trust without signatures)")
 	}
-	c, err := newClient(cfg)
+	c, err := NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}

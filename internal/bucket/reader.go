@@ -69,11 +69,22 @@ func NewReader(cfg Config, opts ReaderOptions) (*Reader, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	c, err := newClient(cfg)
+	c, err := NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return &Reader{cfg: cfg, opts: opts, c: c, dir: storepath.Dir(cfg.StoreDir), cache: map[string]cached{}}, nil
+}
+
+// Forget drops cached answers about storePaths, e.g. after GC deleted them, so Has asks again.
+func (r *Reader) Forget(storePaths ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range storePaths {
+		if k, err := r.key(p); err == nil {
+			delete(r.cache, k)
+		}
+	}
 }
 
 func (r *Reader) key(storePath string) (string, error) {

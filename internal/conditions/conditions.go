@@ -6,8 +6,8 @@ package conditions
 import (
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // MaxMessageLength bounds condition messages; the API allows 32768 but a Build must stay small.

@@ -9,14 +9,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strings"
 
 	"github.com/go-logr/logr"
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/gc"
 	"github.com/guixfarm/guix-farm/internal/gc/bucketgc"
 )
@@ -141,26 +140,11 @@ func readRoots(name string) ([]string, error) {
 	return out, nil
 }
 
-// NewClient makes the S3 client from an endpoint given as host:port (with
-// secure choosing the scheme) or as an http(s) URL without a path.
-// Without keys, requests are anonymous (listing and deleting will then be
-// refused by a normal bucket policy).
+// NewClient makes the S3 client GC runs with.
 func NewClient(endpoint string, secure bool, region, accessKey, secretKey string) (*minio.Client, error) {
-	host := endpoint
-	if strings.Contains(endpoint, "://") {
-		u, err := url.Parse(endpoint)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || (u.Path != "" && u.Path != "/") {
-			return nil, fmt.Errorf("gc: --endpoint %q: want host:port or http(s)://host[:port] without a path (the bucket goes in --bucket)", endpoint)
-		}
-		host, secure = u.Host, u.Scheme == "https"
-	}
-	creds := credentials.NewStaticV4(accessKey, secretKey, "")
-	if accessKey == "" && secretKey == "" {
-		creds = credentials.New(&credentials.Static{Value: credentials.Value{SignerType: credentials.SignatureAnonymous}})
-	}
-	c, err := minio.New(host, &minio.Options{Creds: creds, Secure: secure, Region: region, BucketLookup: minio.BucketLookupPath})
+	c, err := bucket.NewClient(bucket.Config{Endpoint: endpoint, Secure: secure, Region: region, AccessKey: accessKey, SecretKey: secretKey})
 	if err != nil {
-		return nil, fmt.Errorf("gc: --endpoint %q: %w", endpoint, err)
+		return nil, fmt.Errorf("gc: --endpoint: %w", err)
 	}
 	return c, nil
 }
