@@ -127,13 +127,12 @@ func (p *Planner) addBuild(in Build, prio int32) {
 	n.first = bi
 	n.nbuilds++
 	n.own = max(n.own, prio)
+	p.deferChange(ni, old)
 	if !n.inputsKnown {
 		p.setInputs(ni, in.Inputs)
-		old = contrib{v: noPrio} // the edges are new: raise every input to the current value
 	}
 	b := &p.builds[bi]
 	b.eff, b.cp = max(prio, p.nodes[ni].inh), p.nodes[ni].cp
-	p.propagate(ni, old)
 
 	if in.Running {
 		b.loc = locRunning
@@ -178,7 +177,7 @@ func (p *Planner) updateBuild(bi int32, in Build, prio int32) {
 		b.prio, b.created = prio, created
 		p.nodes[ni].own = p.ownOf(ni)
 		p.refreshKeys(ni) // this build's key, and the node's value if own changed
-		p.propagate(ni, old)
+		p.deferChange(ni, old)
 	}
 	p.relocate(bi)
 	if b := &p.builds[bi]; b.loc == locReady {
@@ -231,7 +230,7 @@ func (p *Planner) removeBuild(bi int32) {
 	*b = build{heapPos: -1, defPos: -1}
 	p.freeBuilds = append(p.freeBuilds, bi)
 	n.own = p.ownOf(ni)
-	p.propagate(ni, old)
+	p.deferChange(ni, old)
 	p.maybeRelease(ni)
 }
 
@@ -355,6 +354,7 @@ func (p *Planner) CurrentWait(k BuildKey) (Wait, bool) {
 func (p *Planner) Rank(k BuildKey) (Rank, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.flush()
 	bi, ok := p.byKey[k]
 	if !ok {
 		return Rank{}, false

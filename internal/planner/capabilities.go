@@ -12,6 +12,7 @@ type class struct {
 	system     string
 	reqs       []string // sorted, unique
 	heap       buildHeap
+	stale      bool    // keys changed during a batch flush: heap order to be restored
 	members    []int32 // every build of the class, any state (for servability changes)
 	pending    int     // non-running builds
 	running    int

@@ -16,16 +16,17 @@ type node struct {
 	cp      int32 // longest chain of demanding dependents above this node
 	missing int32 // inputs not available
 
-	available, inputsKnown, live bool
+	// pendOld is the contribution this node's inputs still reflect while a change of it is
+	// deferred (pending); see deferChange.
+	pendOld contrib
+	mark    uint32 // scratch for flushBatch: cone membership (== Planner.mark)
+	cnt     int32  // scratch for flushBatch: dependents in the cone not yet recomputed
+
+	available, inputsKnown, live, pending bool
 }
 
 // contrib is what a node passes to each of its inputs: its value and its chain length.
 type contrib struct{ v, c int32 }
-
-type change struct {
-	n   int32
-	old contrib
-}
 
 // contribOf: a node demands its inputs if it has builds (pending or running), or if it is not
 // available and some dependent demands it. An available node without builds needs nothing.
@@ -78,35 +79,167 @@ func (p *Planner) setInputs(ni int32, inputs []string) {
 	}
 	n := &p.nodes[ni]
 	n.inputs, n.inputsKnown, n.missing = ids, true, missing
+	// The edges are new, their inputs reflect nothing of this node yet: the deferred change
+	// raises every input to the node's value.
+	p.deferChange(ni, contrib{})
+	n.pendOld = contrib{v: noPrio}
 }
 
-// propagate pushes a change of node ni's contribution (from old to its current one) down to
-// its inputs, transitively. Increases are a max; a decrease recomputes an input only when the
-// old contribution may have been its maximum. Cost: O(edges of the nodes whose value changes).
-func (p *Planner) propagate(ni int32, old contrib) {
-	stack := append(p.stack[:0], change{ni, old})
+// Deferred propagation. A node is pending when its contribution may differ from what its
+// inputs reflect; pendOld is what they reflect. The invariant, at every moment: each node's
+// inh and cp are the max over its dependents d of reflected(d), which is d.pendOld if d is
+// pending and contribOf(d) otherwise. Settling a pending node updates its inputs, which may
+// make them pending in turn; the order does not matter, so changes can wait for the next
+// flush (Plan, Rank, Flush), where many of them cost one pass over their cone instead of one
+// propagation each: loading a queue in informer order would otherwise raise the same chains
+// again and again.
+
+// deferChange records that node ni's contribution may change; old is its contribution now.
+func (p *Planner) deferChange(ni int32, old contrib) {
+	n := &p.nodes[ni]
+	if n.pending {
+		return // the inputs still reflect the first old
+	}
+	n.pending, n.pendOld = true, old
+	p.pend = append(p.pend, ni)
+}
+
+// reflected is node ni's contribution as its inputs' values include it.
+func (p *Planner) reflected(ni int32) contrib {
+	if n := &p.nodes[ni]; n.pending {
+		return n.pendOld
+	}
+	return p.contribOf(ni)
+}
+
+// flush settles every deferred change. Few changes are propagated one by one (cost
+// proportional to the values that change); many are recomputed in one topological pass over
+// the nodes below them.
+func (p *Planner) flush() {
+	if len(p.pend) == 0 {
+		return
+	}
+	if len(p.pend) < p.batchMin || 64*len(p.pend) < len(p.byDrv) || !p.flushBatch() {
+		for _, ni := range p.pend {
+			p.propagate(ni)
+		}
+	}
+	p.pend = p.pend[:0]
+}
+
+// saved is a node's state before flushBatch, restored if the cone has a cycle.
+type saved struct {
+	inh, cp int32
+	pending bool
+}
+
+// flushBatch recomputes the inherited value and chain length of every node below a pending
+// one, dependents before inputs (Kahn's order within that cone), so each node is computed
+// once from its final dependents; nodes outside the cone have no dependent in it. Heaps whose
+// keys changed are rebuilt once. If the cone has a cycle (impossible for real derivations),
+// it restores the cone and reports false: the incremental path bounds cycles.
+func (p *Planner) flushBatch() bool {
+	p.mark++
+	if p.mark == 0 { // wrapped: clear stale marks
+		for i := range p.nodes {
+			p.nodes[i].mark = 0
+		}
+		p.mark = 1
+	}
+	cone := p.cone[:0]
+	for _, ni := range p.pend {
+		if n := &p.nodes[ni]; n.pending && n.mark != p.mark {
+			n.mark = p.mark
+			cone = append(cone, ni)
+		}
+	}
+	for k := 0; k < len(cone); k++ {
+		for _, ii := range p.nodes[cone[k]].inputs {
+			in := &p.nodes[ii]
+			in.cnt++
+			if in.mark != p.mark {
+				in.mark = p.mark
+				cone = append(cone, ii)
+			}
+		}
+	}
+	save := p.saved[:0]
+	queue := p.queue[:0]
+	for _, ni := range cone {
+		n := &p.nodes[ni]
+		save = append(save, saved{n.inh, n.cp, n.pending})
+		if n.cnt == 0 {
+			queue = append(queue, ni)
+		}
+	}
+	limit := int32(len(p.nodes) + 1)
+	for k := 0; k < len(queue); k++ {
+		ni := queue[k]
+		p.recompute(ni, limit) // every dependent in the cone is settled
+		n := &p.nodes[ni]
+		n.pending = false
+		for _, ii := range n.inputs {
+			in := &p.nodes[ii]
+			if in.cnt--; in.cnt == 0 {
+				queue = append(queue, ii)
+			}
+		}
+	}
+	ok := len(queue) == len(cone)
+	p.bulk = true
+	for k, ni := range cone {
+		n := &p.nodes[ni]
+		n.cnt = 0
+		switch s := save[k]; {
+		case !ok:
+			n.inh, n.cp, n.pending = s.inh, s.cp, s.pending
+		case n.inh != s.inh || n.cp != s.cp:
+			p.refreshKeys(ni)
+		}
+	}
+	p.bulk = false
+	for _, c := range p.classes {
+		if c.stale {
+			c.heap.init(p)
+			c.stale = false
+		}
+	}
+	p.cone, p.queue, p.saved = cone[:0], queue[:0], save[:0]
+	return ok
+}
+
+// propagate settles node ni if it is pending, and transitively the inputs that this makes
+// pending. Increases are a max; a decrease recomputes an input only when the old contribution
+// may have been its maximum. Cost: O(edges of the nodes whose value changes).
+func (p *Planner) propagate(ni int32) {
+	stack := append(p.stack[:0], ni)
 	limit := int32(len(p.nodes) + 1) // bounds chain lengths if the graph has a cycle
 	for len(stack) > 0 {
-		ch := stack[len(stack)-1]
+		x := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		cur := p.contribOf(ch.n)
-		if cur == ch.old {
+		n := &p.nodes[x]
+		if !n.pending {
+			continue
+		}
+		n.pending = false
+		old, cur := n.pendOld, p.contribOf(x)
+		if cur == old {
 			continue
 		}
 		cur.c = min(cur.c, limit)
-		for _, ii := range p.nodes[ch.n].inputs {
+		for _, ii := range n.inputs {
 			in := &p.nodes[ii]
 			oldI := p.contribOf(ii)
 			oinh, ocp := in.inh, in.cp
 			again := false
 			if cur.v > in.inh {
 				in.inh = cur.v
-			} else if cur.v < ch.old.v && in.inh == ch.old.v {
+			} else if cur.v < old.v && in.inh == old.v {
 				again = true
 			}
 			if cur.c > in.cp {
 				in.cp = cur.c
-			} else if cur.c < ch.old.c && in.cp == ch.old.c {
+			} else if cur.c < old.c && in.cp == old.c {
 				again = true
 			}
 			if again {
@@ -114,8 +247,9 @@ func (p *Planner) propagate(ni int32, old contrib) {
 			}
 			if in.inh != oinh || in.cp != ocp {
 				p.refreshKeys(ii)
-				if p.contribOf(ii) != oldI {
-					stack = append(stack, change{ii, oldI})
+				if !in.pending && p.contribOf(ii) != oldI {
+					in.pending, in.pendOld = true, oldI
+					stack = append(stack, ii)
 				}
 			}
 		}
@@ -127,7 +261,7 @@ func (p *Planner) propagate(ni int32, old contrib) {
 func (p *Planner) recompute(ni int32, limit int32) {
 	inh, cp := int32(noPrio), int32(0)
 	for _, d := range p.nodes[ni].deps {
-		c := p.contribOf(d)
+		c := p.reflected(d)
 		inh, cp = max(inh, c.v), max(cp, c.c)
 	}
 	n := &p.nodes[ni]
@@ -151,7 +285,11 @@ func (p *Planner) refreshKeys(ni int32) {
 		if eff != b.eff || n.cp != b.cp {
 			b.eff, b.cp = eff, n.cp
 			if b.loc == locReady {
-				p.classes[b.class].heap.fix(p, b.heapPos)
+				if c := p.classes[b.class]; p.bulk {
+					c.stale = true // flushBatch rebuilds the heap once
+				} else {
+					c.heap.fix(p, b.heapPos)
+				}
 			}
 		}
 	}
@@ -169,6 +307,9 @@ func (p *Planner) maybeRelease(ni int32) {
 		n := &p.nodes[x]
 		if !n.live || n.nbuilds > 0 || len(n.deps) > 0 {
 			continue
+		}
+		if n.pending { // its inputs must forget its old contribution before the edges go
+			p.propagate(x)
 		}
 		for _, ii := range n.inputs {
 			in := &p.nodes[ii]
@@ -208,6 +349,7 @@ func (p *Planner) SetAvailable(drv string, ok bool) {
 	}
 	old := p.contribOf(ni)
 	n.available = ok
+	p.deferChange(ni, old)
 	for _, d := range n.deps {
 		dn := &p.nodes[d]
 		if ok {
@@ -221,7 +363,6 @@ func (p *Planner) SetAvailable(drv string, ok bool) {
 			}
 		}
 	}
-	p.propagate(ni, old)
 	if !ok {
 		p.maybeRelease(ni)
 	}

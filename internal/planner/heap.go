@@ -9,6 +9,16 @@ func (h *buildHeap) set(p *Planner, i int, bi int32) {
 	p.builds[bi].heapPos = int32(i)
 }
 
+// init restores the heap order of all items (after keys changed in bulk): O(n).
+func (h *buildHeap) init(p *Planner) {
+	for i, bi := range h.items {
+		p.builds[bi].heapPos = int32(i)
+	}
+	for i := len(h.items)/2 - 1; i >= 0; i-- {
+		h.down(p, i)
+	}
+}
+
 func (h *buildHeap) push(p *Planner, bi int32) {
 	h.items = append(h.items, bi)
 	p.builds[bi].heapPos = int32(len(h.items) - 1)

@@ -17,6 +17,7 @@ func (p *Planner) Plan(now time.Time) Plan {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.now = nanos(now)
+	p.flush()
 	for len(p.deferred.items) > 0 && p.builds[p.deferred.items[0]].notBefore <= p.now {
 		p.relocate(p.deferred.items[0])
 	}

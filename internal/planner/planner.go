@@ -140,7 +140,14 @@ type Planner struct {
 	nodes     []node
 	freeNodes []int32
 	byDrv     map[string]int32
-	stack     []change // scratch for propagate
+	stack     []int32 // scratch for propagate
+	pend      []int32 // nodes with a deferred contribution change (node.pending)
+	batchMin  int     // fewest pending changes flushed in one batch pass
+	bulk      bool    // in flushBatch: heap fixes are deferred to one rebuild per class
+	mark      uint32  // flushBatch's cone marker
+	cone      []int32 // scratch for flushBatch
+	queue     []int32 // scratch for flushBatch
+	saved     []saved // scratch for flushBatch
 
 	// classes and capabilities
 	classes   []*class
@@ -180,7 +187,17 @@ func New(o Options) *Planner {
 		pools:   map[string]int32{},
 	}
 	p.deferred.p = p
+	p.batchMin = 256
 	return p
+}
+
+// Flush applies the derived-priority changes deferred since the last Plan (Plan and Rank
+// flush first anyway). A caller may flush after loading a queue to keep that work out of the
+// first Plan.
+func (p *Planner) Flush() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.flush()
 }
 
 // nanos maps a time to a comparable int64; the zero time sorts first.

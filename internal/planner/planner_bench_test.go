@@ -203,7 +203,7 @@ func benchPlan(b *testing.B, builds int) {
 	for _, s := range strategies {
 		b.Run(string(s), func(b *testing.B) {
 			base := liveHeapMiB()
-			p := New(Options{Strategy: s})
+			p := New(Options{Strategy: s, ExpectedBuilds: len(d.Builds)})
 			d.Load(p)
 			heap := liveHeapMiB()
 			runtime.KeepAlive(p)

@@ -2,6 +2,7 @@ package planner
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -503,11 +504,28 @@ func TestNodeRelease(t *testing.T) {
 }
 
 // TestIncrementalMatchesRecompute drives random events and checks every derived value
-// against a from-scratch computation over the same edges.
+// against a from-scratch computation over the same edges, with deferred changes flushed one
+// by one (incremental) or in one pass (batch), after every event or after several.
 func TestIncrementalMatchesRecompute(t *testing.T) {
-	for seed := range uint64(20) {
+	modes := map[string]struct {
+		batchMin int
+		every    int // check (and so flush) after this many events
+	}{
+		"incremental":       {batchMin: math.MaxInt, every: 1},
+		"incremental, lazy": {batchMin: math.MaxInt, every: 7},
+		"batch":             {batchMin: 0, every: 1},
+		"batch, lazy":       {batchMin: 0, every: 7},
+	}
+	for name, m := range modes {
+		t.Run(name, func(t *testing.T) { randomEvents(t, m.batchMin, m.every) })
+	}
+}
+
+func randomEvents(t *testing.T, batchMin, every int) {
+	for seed := range uint64(400) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		p := New(Options{Strategy: DerivationOrdered})
+		p.batchMin = batchMin
 		p.UpsertAgent(agent("a", 3))
 		p.UpsertAgent(Agent{Name: "k", Systems: []string{x86}, Features: []string{"kvm"}, Slots: 1})
 		const n = 60
@@ -544,7 +562,9 @@ func TestIncrementalMatchesRecompute(t *testing.T) {
 			default:
 				checkPlan(t, p, p.Plan(t0))
 			}
-			checkInvariants(t, p)
+			if step%every == 0 {
+				checkInvariants(t, p)
+			}
 			if t.Failed() {
 				t.Fatalf("seed %d step %d", seed, step)
 			}
@@ -584,8 +604,11 @@ func checkPlan(t *testing.T, p *Planner, plan Plan) {
 
 // checkInvariants recomputes derived priorities, chain lengths, missing counters and heap
 // order from scratch and compares them with the incremental state.
+//
+// Derived values are deferred until a flush (Plan, Rank, Flush); it checks the flushed model.
 func checkInvariants(t *testing.T, p *Planner) {
 	t.Helper()
+	p.Flush()
 	type val struct{ inh, cp int32 }
 	memo := map[int32]val{}
 	var get func(ni int32) val
