@@ -12,6 +12,7 @@ import (
 
 	"github.com/guixfarm/guix-farm/internal/compress"
 	"github.com/guixfarm/guix-farm/internal/nar"
+	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/narinfo"
 	"github.com/guixfarm/guix-farm/internal/signing"
 	"github.com/guixfarm/guix-farm/internal/storepath"
@@ -244,9 +245,15 @@ func wrapObj(err error, cfg Config, key string) error {
 
 // Read returns the contents of a .drv from the bucket: the controller's
 // derivation source.
+// It follows drvsource's error contract: a path not in the bucket wraps drvsource.ErrNotFound, a
+// malformed path drvsource.ErrInvalid; anything else is transient.
 func (r *Reader) Read(ctx context.Context, drvPath string) ([]byte, error) {
 	if _, err := r.dir.ParseDerivation(drvPath); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", drvsource.ErrInvalid, err)
 	}
-	return r.ReadFile(ctx, drvPath)
+	data, err := r.ReadFile(ctx, drvPath)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: %w", drvsource.ErrNotFound, err)
+	}
+	return data, err
 }

@@ -27,6 +27,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
+	"github.com/guixfarm/guix-farm/controllers/build"
 	"github.com/guixfarm/guix-farm/controllers/planning"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/metrics"
@@ -106,6 +107,9 @@ type ControllerOptions struct {
 	Strategy planner.Strategy
 	BuildTTL time.Duration
 	Log      logr.Logger
+	// Facts replaces the drv directory as the derivation source; Outputs checks the bucket.
+	Facts   build.FactsSource
+	Outputs build.OutputChecker
 }
 
 // StartController runs the farm's controllers in-process, watching namespace, reading .drv files
@@ -128,8 +132,12 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 		t.Fatalf("creating manager: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	facts := o.Facts
+	if facts == nil {
+		facts = drvsource.NewFactsCache(drvsource.NewDir(drvDir, ""), 10000)
+	}
 	loop, err := controllers.Setup(ctx, mgr, controllers.Options{
-		Strategy: o.Strategy, Facts: drvsource.NewFactsCache(drvsource.NewDir(drvDir, ""), 10000),
+		Strategy: o.Strategy, Facts: facts, Outputs: o.Outputs,
 		BuildTTL: o.BuildTTL, PlanDebounce: 10 * time.Millisecond, BuildWorkers: 16, AgentGrace: 500 * time.Millisecond,
 		Clock: clock.RealClock{}, Metrics: metrics.New(nil), Log: log,
 	})

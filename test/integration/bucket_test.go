@@ -1,0 +1,103 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers"
+	"github.com/guixfarm/guix-farm/internal/bucket"
+	"github.com/guixfarm/guix-farm/internal/derivation"
+	"github.com/guixfarm/guix-farm/internal/drvsource"
+	"github.com/guixfarm/guix-farm/internal/planner"
+	"github.com/guixfarm/guix-farm/test/farm"
+	"github.com/guixfarm/guix-farm/test/testbed"
+)
+
+// TestBucketIsTheSource: the controller reads .drv files from the farm's bucket (a real MinIO),
+// finishes a Build whose outputs the bucket already has (skipIfOutputsAvailable), and reports a
+// .drv missing from the bucket as a condition, retrying with backoff, without crashing.
+func TestBucketIsTheSource(t *testing.T) {
+	ctx := context.Background()
+	m := testbed.StartMinIO(t)
+	cfg := bucket.Config{Endpoint: m.Endpoint, Bucket: "substitutes", AccessKey: m.AccessKey, SecretKey: m.SecretKey, AllowUnsigned: true}
+	pub, err := bucket.NewPublisher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.EnsureBucket(ctx); err != nil {
+		t.Fatal(err)
+	}
+	drvs := farm.NewDrvs(t)
+	built := drvs.Add(t, "already-built", "x86_64-linux", 1)
+	fresh := drvs.Add(t, "fresh", "x86_64-linux", 2)
+	missing := drvs.Add(t, "missing", "x86_64-linux", 3)
+	publishFile := func(storePath, file string) {
+		t.Helper()
+		if _, err := pub.Publish(ctx, bucket.DiskItem(storePath, file)); err != nil {
+			t.Fatalf("publishing %s: %v", storePath, err)
+		}
+	}
+	for _, d := range []string{built, fresh} {
+		publishFile(d, filepath.Join(drvs.Dir, filepath.Base(d)))
+	}
+	data, err := os.ReadFile(filepath.Join(drvs.Dir, filepath.Base(built)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := derivation.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.WriteFile(out, []byte("built elsewhere\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	publishFile(parsed.OutputPaths()["out"], out)
+
+	reader, err := bucket.NewReader(cfg, bucket.ReaderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := env.Namespace(t, "bucket")
+	env.StartController(t, ns, "", farm.ControllerOptions{Strategy: planner.Basic,
+		Facts: drvsource.NewFactsCache(reader, 100), Outputs: controllers.BucketOutputs{Reader: reader}})
+	pool := &farmv1.AgentPool{ObjectMeta: metav1.ObjectMeta{Name: "x86", Namespace: ns},
+		Spec: farmv1.AgentPoolSpec{Systems: []string{"x86_64-linux"}, Replicas: ptr.To[int32](0)}}
+	if err := env.Client.Create(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	skip := farm.MakeBuild("already-built", ns, built).Obj()
+	skip.Spec.SkipIfOutputsAvailable = true
+	for _, b := range []*farmv1.Build{skip, farm.MakeBuild("fresh", ns, fresh).Obj(), farm.MakeBuild("missing", ns, missing).Obj()} {
+		if err := env.Client.Create(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(name string) *farmv1.Build {
+		b := &farmv1.Build{}
+		_ = env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, b)
+		return b
+	}
+	waitFor(t, 30*time.Second, "the three builds to settle", func() (bool, string) {
+		s, f, mi := get("already-built"), get("fresh"), get("missing")
+		c := meta.FindStatusCondition(mi.Status.Conditions, farmv1.BuildConditionDerivationReadable)
+		ok := s.Status.Phase == farmv1.BuildSucceeded && f.Status.System == "x86_64-linux" &&
+			c != nil && c.Status == metav1.ConditionFalse && c.Reason == "NotFound"
+		return ok, fmt.Sprintf("already-built %s, fresh system %s, missing %+v", s.Status.Phase, f.Status.System, c)
+	})
+	c := meta.FindStatusCondition(get("already-built").Status.Conditions, farmv1.BuildConditionSucceeded)
+	if c == nil || c.Reason != "OutputsAvailable" || get("already-built").Status.AttemptCount != 0 {
+		t.Errorf("already-built: condition %+v; want Succeeded by OutputsAvailable without an attempt", c)
+	}
+	t.Logf("missing .drv: %s", meta.FindStatusCondition(get("missing").Status.Conditions, farmv1.BuildConditionDerivationReadable).Message)
+}
