@@ -142,7 +142,19 @@ func (p *Planner) addBuild(in Build, prio int32) {
 		p.trackAlloc(bi, "", b.agent)
 	}
 	p.relocate(bi)
-	p.markDirty(bi)
+	if !p.skipInitial {
+		p.markDirty(bi)
+		return
+	}
+	// The caller reads the initial reason with CurrentWait; only later changes are reported.
+	b = &p.builds[bi]
+	if b.dirty { // relocate just appended it
+		b.dirty = false
+		p.dirty = p.dirty[:len(p.dirty)-1]
+	}
+	if b.reported, _ = p.reasonOf(bi, false); b.reported != rNone {
+		p.reported[b.reported]++
+	}
 }
 
 func (p *Planner) updateBuild(bi int32, in Build, prio int32) {
@@ -332,10 +344,23 @@ func (p *Planner) reasonOf(bi int32, withMsg bool) (reason, string) {
 		if !withMsg {
 			return rInputs, ""
 		}
-		n := &p.nodes[b.node]
-		return rInputs, fmt.Sprintf("%d of %d input derivations not yet built", n.missing, len(n.inputs))
+		return rInputs, p.inputsMsg(b.node)
 	}
 	return rNone, ""
+}
+
+// inputsMsg is the InputsPending message; the few distinct ones are shared.
+func (p *Planner) inputsMsg(ni int32) string {
+	n := &p.nodes[ni]
+	k := [2]int32{n.missing, int32(len(n.inputs))}
+	if m, ok := p.msgs[k]; ok {
+		return m
+	}
+	m := fmt.Sprintf("%d of %d input derivations not yet built", k[0], k[1])
+	if len(p.msgs) < 4096 {
+		p.msgs[k] = m
+	}
+	return m
 }
 
 // CurrentWait is a build's wait reason and message as of now (not only its last change).

@@ -66,6 +66,7 @@ func (p *Planner) Plan(now time.Time) Plan {
 	slices.SortFunc(withdrawn, func(a, b Allocation) int { return cmp.Compare(a.Key, b.Key) })
 	out.Allocations = append(out.Allocations, withdrawn...)
 
+	changed := p.dirty[:0] // the builds whose reason changed, in place of the dirty list
 	for _, bi := range p.dirty {
 		b := &p.builds[bi]
 		if !b.live || !b.dirty {
@@ -73,8 +74,6 @@ func (p *Planner) Plan(now time.Time) Plan {
 		}
 		b.dirty = false
 		if r, _ := p.reasonOf(bi, false); r != b.reported {
-			_, msg := p.reasonOf(bi, true)
-			out.Waits = append(out.Waits, Wait{Key: b.key, Reason: reasonNames[r], Message: msg})
 			if b.reported != rNone {
 				p.reported[b.reported]--
 			}
@@ -82,6 +81,14 @@ func (p *Planner) Plan(now time.Time) Plan {
 				p.reported[r]++
 			}
 			b.reported = r
+			changed = append(changed, bi)
+		}
+	}
+	if len(changed) > 0 {
+		out.Waits = make([]Wait, len(changed))
+		for k, bi := range changed {
+			r, msg := p.reasonOf(bi, true)
+			out.Waits[k] = Wait{Key: p.builds[bi].key, Reason: reasonNames[r], Message: msg}
 		}
 	}
 	p.dirty = p.dirty[:0]

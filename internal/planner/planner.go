@@ -71,6 +71,11 @@ type Options struct {
 	// ExpectedBuilds is a size hint (e.g. the Build count of the informer's initial list):
 	// the model's tables are allocated for it up front instead of growing while loading.
 	ExpectedBuilds int
+	// SkipInitialWaits: the wait reason a Build has when UpsertBuild adds it is not reported
+	// as a change by the next Plan, only later changes are. For callers that read it with
+	// CurrentWait right after UpsertBuild (the controller's Build reconciler does): loading
+	// a queue of 100k Builds then costs no 100k redundant notifications.
+	SkipInitialWaits bool
 }
 
 // Allocation is one change of a build's allocated agent.
@@ -127,14 +132,16 @@ type Planner struct {
 	now      int64 // last Plan's clock (unix ns); builds with NotBefore > now are deferred
 
 	// builds
-	builds     []build
-	freeBuilds []int32
-	byKey      map[BuildKey]int32
-	deferred   defHeap
-	dirty      []int32 // builds whose wait reason may have changed since the last Plan
-	reported   [numReasons]int
-	allocs     map[string]map[int32]struct{} // agent name -> non-running builds allocated to it
-	epoch      uint32
+	builds      []build
+	freeBuilds  []int32
+	byKey       map[BuildKey]int32
+	deferred    defHeap
+	dirty       []int32 // builds whose wait reason may have changed since the last Plan
+	reported    [numReasons]int
+	skipInitial bool
+	msgs        map[[2]int32]string           // InputsPending messages by (missing, inputs)
+	allocs      map[string]map[int32]struct{} // agent name -> non-running builds allocated to it
+	epoch       uint32
 
 	// derivation graph
 	nodes     []node
@@ -171,12 +178,14 @@ func New(o Options) *Planner {
 	}
 	n := max(o.ExpectedBuilds, 0)
 	p := &Planner{
-		strategy: o.Strategy,
-		factor:   o.HorizonFactor,
-		now:      math.MinInt64,
-		builds:   make([]build, 0, n),
-		byKey:    make(map[BuildKey]int32, n),
-		allocs:   map[string]map[int32]struct{}{},
+		strategy:    o.Strategy,
+		factor:      o.HorizonFactor,
+		skipInitial: o.SkipInitialWaits,
+		msgs:        map[[2]int32]string{},
+		now:         math.MinInt64,
+		builds:      make([]build, 0, n),
+		byKey:       make(map[BuildKey]int32, n),
+		allocs:      map[string]map[int32]struct{}{},
 		// Derivations: one per build plus inputs that have no build (mostly available ones).
 		nodes:   make([]node, 0, n+n/8),
 		byDrv:   make(map[string]int32, n+n/8),

@@ -708,3 +708,100 @@ func containsInt(s []int32, x int32) bool {
 	}
 	return false
 }
+
+// TestSkipInitialWaits: a new build's reason is read with CurrentWait, not reported by Plan;
+// a later change is.
+func TestSkipInitialWaits(t *testing.T) {
+	deferred := bld("later", 0, 2)
+	deferred.NotBefore = t0.Add(time.Hour)
+	armB := bld("arm", 0, 3)
+	armB.System = arm
+	cases := map[string]struct {
+		build   Build
+		initial Wait               // CurrentWait right after UpsertBuild
+		event   func(p *Planner)   // then
+		waits   []Wait             // reported by the Plan after the event
+		stats   map[WaitReason]int // Stats().Waiting after that Plan
+	}{
+		"inputs pending, then built": {
+			build:   bld("app", 0, 1, "lib"),
+			initial: Wait{Key: "app", Reason: InputsPending, Message: "1 of 1 input derivations not yet built"},
+			event:   func(p *Planner) { p.SetAvailable(drv("lib"), true) },
+			waits:   []Wait{{Key: "app"}},
+		},
+		"inputs pending, unchanged": {
+			build:   bld("app", 0, 1, "lib"),
+			initial: Wait{Key: "app", Reason: InputsPending, Message: "1 of 1 input derivations not yet built"},
+			event:   func(*Planner) {},
+			stats:   map[WaitReason]int{InputsPending: 1},
+		},
+		"no agent, then a pool": {
+			build:   armB,
+			initial: Wait{Key: "arm", Reason: NoAgentForSystem, Message: "no agent or pool offers system aarch64-linux"},
+			event:   func(p *Planner) { p.UpsertPool(Pool{Name: "arm", Systems: []string{arm}}) },
+			waits:   []Wait{{Key: "arm"}},
+		},
+		"deferred, still at the first Plan": {
+			build:   deferred,
+			initial: Wait{Key: "later", Reason: Deferred, Message: "deferred until 2026-01-01T01:00:00Z"},
+			event:   func(*Planner) {},
+			stats:   map[WaitReason]int{Deferred: 1},
+		},
+		"offerable, then its input is deleted": {
+			build:   bld("app", 0, 1, "glibc"),
+			initial: Wait{Key: "app"},
+			event:   func(p *Planner) { p.SetAvailable(drv("glibc"), false) },
+			waits:   []Wait{{Key: "app", Reason: InputsPending, Message: "1 of 1 input derivations not yet built"}},
+			stats:   map[WaitReason]int{InputsPending: 1},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := New(Options{Strategy: DerivationOrdered, SkipInitialWaits: true})
+			p.UpsertAgent(agent("a", 1))
+			p.SetAvailable(drv("glibc"), true)
+			p.UpsertBuild(tc.build)
+			if got, _ := p.CurrentWait(tc.build.Key); got != tc.initial {
+				t.Errorf("CurrentWait = %+v, want %+v", got, tc.initial)
+			}
+			tc.event(p)
+			got := p.Plan(t0)
+			if diff := cmp.Diff(tc.waits, got.Waits, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("waits (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.stats, p.Stats().Waiting, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("Stats.Waiting (-want +got):\n%s", diff)
+			}
+			checkInvariants(t, p)
+		})
+	}
+}
+
+// TestCycle: a dependency cycle (impossible for real derivations, possible in hand-made
+// Builds) neither hangs nor breaks planning, with either kind of flush.
+func TestCycle(t *testing.T) {
+	cases := map[string]int{"incremental": math.MaxInt, "batch": 0}
+	for name, batchMin := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := New(Options{})
+			p.batchMin = batchMin
+			p.UpsertAgent(agent("a", 2))
+			p.UpsertBuild(bld("x", 0, 0, "y"))
+			p.UpsertBuild(bld("y", 7, 1, "x"))
+			p.UpsertBuild(bld("z", 0, 2, "x"))
+			got := p.Plan(t0).Horizons["a"]
+			if len(got) != 3 {
+				t.Errorf("horizon %v, want all three builds", got)
+			}
+			if r, _ := p.Rank("x"); r.Priority != 7 {
+				t.Errorf("x inherits %d, want 7 from y", r.Priority)
+			}
+			p.RemoveBuild("y")
+			p.RemoveBuild("x")
+			p.Plan(t0)
+			if r, _ := p.Rank("z"); r != (Rank{}) {
+				t.Errorf("z rank %+v after the cycle's builds left, want zero", r)
+			}
+		})
+	}
+}
