@@ -14,8 +14,8 @@ import (
 
 // Drvs writes valid synthetic .drv files (real paths, computed as Nix does) into Dir.
 type Drvs struct {
-	Dir   string
-	Store storepath.Dir
+	Dir    string
+	Store  storepath.Dir
 	byPath map[string]*derivation.Derivation
 }
 

@@ -17,8 +17,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/agent"
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/planner"
 	"github.com/guixfarm/guix-farm/test/farm"
 )
@@ -124,7 +124,7 @@ func BenchmarkEtcdBytesPerBuild(b *testing.B) {
 	}
 	for i := range n {
 		bl := farm.MakeBuild(fmt.Sprintf("hello-%04d", i), ns, drvs.Add(b, fmt.Sprintf("hello-2.12.%d", i), "x86_64-linux", i)).
-			Priority(int32(i % 10)).Label("tag", "bench").Obj()
+			Priority(int32(i%10)).Label("tag", "bench").Obj()
 		if err := env.Client.Create(ctx, bl); err != nil {
 			b.Fatal(err)
 		}

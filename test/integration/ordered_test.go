@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
-	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/planner"
 	"github.com/guixfarm/guix-farm/test/farm"
 )
@@ -51,14 +55,24 @@ func TestDerivationOrdered(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A second Build of boot0 (a manual retry is a new Build) that is deleted once finished.
+	ttl := farm.MakeBuild("ttl", ns, boot0).Obj()
+	ttl.Spec.TTLSecondsAfterFinished = ptr.To[int32](1)
+	if err := env.Client.Create(ctx, ttl); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 2 {
 		env.StartAgent(t, kc, ns, farm.AgentSpec{Name: fmt.Sprintf("ord-%d", i), Systems: []string{sys}, Slots: 2,
 			TestDuration: 100 * time.Millisecond, LeaseDuration: 5 * time.Second, Record: record})
 	}
 	waitFor(t, 2*time.Minute, "the DAG to build", func() (bool, string) {
-		p := phases(listBuilds(t, ns))
-		return p[farmv1.BuildSucceeded] == len(all), fmt.Sprint(p)
+		bs := listBuilds(t, ns)
+		p := phases(bs)
+		return p[farmv1.BuildSucceeded] == len(all) && len(bs) == len(all), fmt.Sprint(p, len(bs), " builds")
 	})
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(ttl), ttl); !apierrors.IsNotFound(err) {
+		t.Errorf("build with ttlSecondsAfterFinished=1 still there after it finished: %v", err)
+	}
 
 	recs, err := testbuilder.ReadRecords(record)
 	if err != nil {
