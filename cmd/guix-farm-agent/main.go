@@ -23,9 +23,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/agent"
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 )
 
 func main() {

@@ -11,8 +11,8 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/guixfarm/guix-farm/internal/compress"
-	"github.com/guixfarm/guix-farm/internal/nar"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
+	"github.com/guixfarm/guix-farm/internal/nar"
 	"github.com/guixfarm/guix-farm/internal/narinfo"
 	"github.com/guixfarm/guix-farm/internal/signing"
 	"github.com/guixfarm/guix-farm/internal/storepath"
