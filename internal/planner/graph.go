@@ -19,8 +19,6 @@ type node struct {
 	// pendOld is the contribution this node's inputs still reflect while a change of it is
 	// deferred (pending); see deferChange.
 	pendOld contrib
-	mark    uint32 // scratch for flushBatch: cone membership (== Planner.mark)
-	cnt     int32  // scratch for flushBatch: dependents in the cone not yet recomputed
 
 	available, inputsKnown, live, pending bool
 }
@@ -61,14 +59,17 @@ func (p *Planner) internDrv(drv string) int32 {
 // setInputs records a node's edges, the first time a Build of it is seen.
 func (p *Planner) setInputs(ni int32, inputs []string) {
 	ids := make([]int32, 0, len(inputs))
-	self := p.nodes[ni].drv
 	for _, d := range inputs {
-		if d != self && d != "" {
+		if d != "" {
 			ids = append(ids, p.internDrv(d))
 		}
 	}
 	slices.Sort(ids)
-	ids = slices.Clip(slices.Compact(ids))
+	ids = slices.Compact(ids)
+	if k, ok := slices.BinarySearch(ids, ni); ok { // a derivation is not its own input
+		ids = slices.Delete(ids, k, k+1)
+	}
+	ids = slices.Clip(ids)
 	missing := int32(0)
 	for _, ii := range ids {
 		in := &p.nodes[ii]
@@ -139,26 +140,30 @@ type saved struct {
 // keys changed are rebuilt once. If the cone has a cycle (impossible for real derivations),
 // it restores the cone and reports false: the incremental path bounds cycles.
 func (p *Planner) flushBatch() bool {
+	// Scratch indexed by node, apart from the nodes so the passes stay in cache: cone
+	// membership (marks[x] == mark) and dependents in the cone not yet recomputed (cnt).
+	if len(p.marks) < len(p.nodes) {
+		p.marks = append(p.marks, make([]uint32, len(p.nodes)-len(p.marks))...)
+		p.cnt = append(p.cnt, make([]int32, len(p.nodes)-len(p.cnt))...)
+	}
+	marks, cnt := p.marks, p.cnt
 	p.mark++
 	if p.mark == 0 { // wrapped: clear stale marks
-		for i := range p.nodes {
-			p.nodes[i].mark = 0
-		}
+		clear(marks)
 		p.mark = 1
 	}
 	cone := p.cone[:0]
 	for _, ni := range p.pend {
-		if n := &p.nodes[ni]; n.pending && n.mark != p.mark {
-			n.mark = p.mark
+		if p.nodes[ni].pending && marks[ni] != p.mark {
+			marks[ni] = p.mark
 			cone = append(cone, ni)
 		}
 	}
 	for k := 0; k < len(cone); k++ {
 		for _, ii := range p.nodes[cone[k]].inputs {
-			in := &p.nodes[ii]
-			in.cnt++
-			if in.mark != p.mark {
-				in.mark = p.mark
+			cnt[ii]++
+			if marks[ii] != p.mark {
+				marks[ii] = p.mark
 				cone = append(cone, ii)
 			}
 		}
@@ -168,7 +173,7 @@ func (p *Planner) flushBatch() bool {
 	for _, ni := range cone {
 		n := &p.nodes[ni]
 		save = append(save, saved{n.inh, n.cp, n.pending})
-		if n.cnt == 0 {
+		if cnt[ni] == 0 {
 			queue = append(queue, ni)
 		}
 	}
@@ -179,8 +184,7 @@ func (p *Planner) flushBatch() bool {
 		n := &p.nodes[ni]
 		n.pending = false
 		for _, ii := range n.inputs {
-			in := &p.nodes[ii]
-			if in.cnt--; in.cnt == 0 {
+			if cnt[ii]--; cnt[ii] == 0 {
 				queue = append(queue, ii)
 			}
 		}
@@ -189,7 +193,7 @@ func (p *Planner) flushBatch() bool {
 	p.bulk = true
 	for k, ni := range cone {
 		n := &p.nodes[ni]
-		n.cnt = 0
+		cnt[ni] = 0
 		switch s := save[k]; {
 		case !ok:
 			n.inh, n.cp, n.pending = s.inh, s.cp, s.pending

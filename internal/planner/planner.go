@@ -147,14 +147,16 @@ type Planner struct {
 	nodes     []node
 	freeNodes []int32
 	byDrv     map[string]int32
-	stack     []int32 // scratch for propagate
-	pend      []int32 // nodes with a deferred contribution change (node.pending)
-	batchMin  int     // fewest pending changes flushed in one batch pass
-	bulk      bool    // in flushBatch: heap fixes are deferred to one rebuild per class
-	mark      uint32  // flushBatch's cone marker
-	cone      []int32 // scratch for flushBatch
-	queue     []int32 // scratch for flushBatch
-	saved     []saved // scratch for flushBatch
+	stack     []int32  // scratch for propagate
+	pend      []int32  // nodes with a deferred contribution change (node.pending)
+	batchMin  int      // fewest pending changes flushed in one batch pass
+	bulk      bool     // in flushBatch: heap fixes are deferred to one rebuild per class
+	mark      uint32   // flushBatch's cone marker
+	marks     []uint32 // scratch for flushBatch, by node
+	cnt       []int32  // scratch for flushBatch, by node
+	cone      []int32  // scratch for flushBatch
+	queue     []int32  // scratch for flushBatch
+	saved     []saved  // scratch for flushBatch
 
 	// classes and capabilities
 	classes   []*class
