@@ -294,39 +294,53 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 	}
 }
 
-// report applies change to a fresh copy of b and writes it, re-reading on conflict. It gives up
-// when the agent no longer holds the attempt (the controller declared it lost).
+// report applies change to b and writes it. It first tries the copy it holds (after a claim, the
+// agent is usually the last writer, which saves a read); on a conflict it re-reads and retries. It
+// gives up when the agent no longer holds the attempt (the controller declared it lost).
 func (a *Agent) report(ctx context.Context, b *farmv1.Build, change func(*farmv1.Build, time.Time) error) {
 	log := a.log.WithValues("build", klogRef(b))
 	backoff := 100 * time.Millisecond
-	for try := 0; try < 20; try++ {
-		fresh := &farmv1.Build{}
-		if err := a.client.Get(ctx, client.ObjectKeyFromObject(b), fresh); err != nil {
-			if apierrors.IsNotFound(err) {
-				return
-			}
-			log.Error(err, "Reading build to report")
-		} else if fresh.UID != b.UID {
-			return
-		} else {
-			if err := change(fresh, a.clock.Now()); err != nil {
-				log.Info("Not reporting: attempt no longer ours", "reason", err.Error())
-				return
-			}
-			err := a.client.Status().Update(ctx, fresh)
-			if err == nil {
-				return
-			}
-			if !apierrors.IsConflict(err) {
-				log.Error(err, "Reporting build")
-			}
-		}
+	failed := func(err error, what string) bool { // logs, waits, and says whether to give up
+		log.Error(err, what)
 		select {
 		case <-ctx.Done():
-			return
+			return true
 		case <-a.clock.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
+		return ctx.Err() != nil
+	}
+	cur := b.DeepCopy()
+	for conflicts := 0; conflicts < 50; {
+		if cur != nil {
+			if err := change(cur, a.clock.Now()); err != nil {
+				log.Info("Not reporting: attempt no longer ours", "reason", err.Error())
+				return
+			}
+			err := a.client.Status().Update(ctx, cur)
+			switch {
+			case err == nil || apierrors.IsNotFound(err):
+				return
+			case apierrors.IsConflict(err):
+				conflicts++ // someone wrote since our copy: re-read at once
+			default:
+				if failed(err, "Reporting build") {
+					return
+				}
+			}
+		}
+		fresh := &farmv1.Build{}
+		if err := a.client.Get(ctx, client.ObjectKeyFromObject(b), fresh); err != nil {
+			if apierrors.IsNotFound(err) || failed(err, "Reading build to report") {
+				return
+			}
+			cur = nil
+			continue
+		}
+		if fresh.UID != b.UID {
+			return
+		}
+		cur = fresh
 	}
 }
 
