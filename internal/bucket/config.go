@@ -189,6 +189,24 @@ func NewClient(c Config) (*minio.Client, error) {
 	return cl, nil
 }
 
+// maxSmallObject bounds what getSmall reads: a narinfo is about 1 KiB.
+const maxSmallObject = 1 << 20
+
+// getSmall reads a small object (a narinfo) whole, retrying transient errors.
+func getSmall(ctx context.Context, c *minio.Client, cfg Config, log logr.Logger, key string) ([]byte, error) {
+	var data []byte
+	_, err := retry(ctx, cfg.Retry, log, "get "+key, func(ctx context.Context) error {
+		obj, err := c.GetObject(ctx, cfg.Bucket, key, minio.GetObjectOptions{})
+		if err != nil {
+			return err
+		}
+		defer obj.Close()
+		data, err = io.ReadAll(io.LimitReader(obj, maxSmallObject))
+		return err
+	})
+	return data, err
+}
+
 // permanentError marks an error retrying cannot fix (bad input).
 type permanentError struct{ err error }
 

@@ -310,16 +310,7 @@ func (p *Publisher) baseNames(paths []string) ([]string, error) {
 
 // getNarInfo returns the narinfo at key, or nil when there is none.
 func (p *Publisher) getNarInfo(ctx context.Context, key string) (*narinfo.NarInfo, error) {
-	var data []byte
-	_, err := retry(ctx, p.cfg.Retry, p.log, "get narinfo", func(ctx context.Context) error {
-		obj, err := p.c.GetObject(ctx, p.cfg.Bucket, key, minio.GetObjectOptions{})
-		if err != nil {
-			return err
-		}
-		defer obj.Close()
-		data, err = io.ReadAll(io.LimitReader(obj, 1<<20))
-		return err
-	})
+	data, err := getSmall(ctx, p.c, p.cfg, p.log, key)
 	if isNotFound(err) {
 		return nil, nil
 	}

@@ -146,16 +146,7 @@ func (r *Reader) NarInfo(ctx context.Context, storePath string) (*narinfo.NarInf
 	if err != nil {
 		return nil, err
 	}
-	var data []byte
-	_, err = retry(ctx, r.cfg.Retry, r.cfg.Log, "get narinfo", func(ctx context.Context) error {
-		obj, err := r.c.GetObject(ctx, r.cfg.Bucket, key, minio.GetObjectOptions{})
-		if err != nil {
-			return err
-		}
-		defer obj.Close()
-		data, err = io.ReadAll(io.LimitReader(obj, 1<<20))
-		return err
-	})
+	data, err := getSmall(ctx, r.c, r.cfg, r.cfg.Log, key)
 	if isNotFound(err) {
 		r.remember(key, false, r.opts.Now())
 		return nil, fmt.Errorf("%s (s3 object %s/%s): %w", storePath, r.cfg.Bucket, key, ErrNotFound)
