@@ -194,6 +194,12 @@ func liveHeapMiB() float64 {
 
 var strategies = []Strategy{Basic, DerivationOrdered}
 
+// benchOptions is the configuration the controller is meant to use: the size hint from the
+// initial list of Builds, and wait reasons of new Builds read with CurrentWait.
+func benchOptions(s Strategy, builds int) Options {
+	return Options{Strategy: s, ExpectedBuilds: builds, SkipInitialWaits: true}
+}
+
 // benchPlan: each op builds the model from scratch and runs one full Plan. Metrics: model-ms
 // and plan-ms split the op; heap-MiB is the live heap with the model loaded (including the
 // generator's input, which shares its strings with the model), model-MiB the heap the
@@ -203,7 +209,7 @@ func benchPlan(b *testing.B, builds int) {
 	for _, s := range strategies {
 		b.Run(string(s), func(b *testing.B) {
 			base := liveHeapMiB()
-			p := New(Options{Strategy: s, ExpectedBuilds: len(d.Builds)})
+			p := New(benchOptions(s, len(d.Builds)))
 			d.Load(p)
 			heap := liveHeapMiB()
 			runtime.KeepAlive(p)
@@ -214,7 +220,7 @@ func benchPlan(b *testing.B, builds int) {
 			cpu0 := cpuTime()
 			for b.Loop() {
 				start := time.Now()
-				p := New(Options{Strategy: s, ExpectedBuilds: len(d.Builds)})
+				p := New(benchOptions(s, len(d.Builds)))
 				d.Load(p)
 				mid := time.Now()
 				out := p.Plan(benchNow)
@@ -246,7 +252,7 @@ func BenchmarkReplanAfterFinish100k(b *testing.B) {
 	d := SyntheticDistro(DistroConfig{Seed: 1, Builds: 100_000, Agents: 1000, Slots: 2})
 	for _, s := range strategies {
 		b.Run(string(s), func(b *testing.B) {
-			p := New(Options{Strategy: s})
+			p := New(benchOptions(s, len(d.Builds)))
 			d.Load(p)
 			builds := make(map[BuildKey]Build, len(d.Builds))
 			for _, bl := range d.Builds {
