@@ -12,6 +12,8 @@ const (
 )
 
 // AgentPoolSpec describes a set of identical agents.
+// +kubebuilder:validation:XValidation:rule="!has(self.maxReplicas) || !has(self.replicas) || self.replicas <= self.maxReplicas",message="spec.replicas must not exceed spec.maxReplicas: raise maxReplicas first"
+// +kubebuilder:validation:XValidation:rule="!has(self.minReplicas) || !has(self.replicas) || self.replicas >= self.minReplicas",message="spec.replicas must not be below spec.minReplicas: lower minReplicas first"
 // +kubebuilder:validation:XValidation:rule="!has(self.maxReplicas) || !has(self.minReplicas) || self.minReplicas <= self.maxReplicas",message="spec.minReplicas must not exceed spec.maxReplicas"
 type AgentPoolSpec struct {
 	// Systems the agents build for, e.g. x86_64-linux, i686-linux.

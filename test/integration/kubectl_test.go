@@ -75,6 +75,7 @@ metadata:
 spec:
   systems: [x86_64-linux]
   replicas: 1
+  maxReplicas: 6
 `
 	if out, err := env.Kubectl(t, kc, pool, "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply pool: %v\n%s", err, out)
@@ -88,6 +89,9 @@ spec:
 	}
 	if p.Spec.Replicas == nil || *p.Spec.Replicas != 5 {
 		t.Errorf("after kubectl scale --replicas=5: spec.replicas = %v", p.Spec.Replicas)
+	}
+	if out, err := env.Kubectl(t, kc, "", "scale", "agentpool", "x86", "-n", ns, "--replicas=10"); err == nil || !strings.Contains(out, "maxReplicas") {
+		t.Errorf("kubectl scale past maxReplicas: err %v; want a refusal naming maxReplicas, got:\n%s", err, out)
 	}
 	if out, err := env.Kubectl(t, kc, "", "get", "agentpools", "-n", ns); err != nil || !strings.Contains(out, "DESIRED") {
 		t.Errorf("kubectl get agentpools: %v\n%s", err, out)
