@@ -96,3 +96,34 @@ func TestDerivationOrdered(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureInputBuilds: a Build asking for its inputs to be built gets a Build for every input
+// derivation nobody builds, transitively, at its priority; with the derivation-ordered strategy
+// the chain then builds bottom-up.
+func TestEnsureInputBuilds(t *testing.T) {
+	ctx := context.Background()
+	ns := env.Namespace(t, "inputs")
+	drvs := farm.NewDrvs(t)
+	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.DerivationOrdered})
+	const sys = "x86_64-linux"
+	a := drvs.Add(t, "a", sys, 1)
+	b := drvs.Add(t, "b", sys, 2, a)
+	c := drvs.Add(t, "c", sys, 3, b)
+	top := farm.MakeBuild("top", ns, c).Priority(42).Obj()
+	top.Spec.EnsureInputBuilds = true
+	if err := env.Client.Create(ctx, top); err != nil {
+		t.Fatal(err)
+	}
+	env.StartAgent(t, env.Kubeconfig(t), ns, farm.AgentSpec{Name: "inputs-0", Systems: []string{sys}, Slots: 1,
+		TestDuration: 50 * time.Millisecond, LeaseDuration: 5 * time.Second, Record: filepath.Join(t.TempDir(), "r.jsonl")})
+	waitFor(t, time.Minute, "the chain to build", func() (bool, string) {
+		bs := listBuilds(t, ns)
+		p := phases(bs)
+		return len(bs) == 3 && p[farmv1.BuildSucceeded] == 3, fmt.Sprint(len(bs), " builds ", p)
+	})
+	for _, x := range listBuilds(t, ns) {
+		if x.Name != "top" && (x.Spec.Priority != 42 || x.Labels["build.guixfarm.io/created-for"] == "") {
+			t.Errorf("input build %s: priority %d, labels %v; want 42 and a created-for label", x.Name, x.Spec.Priority, x.Labels)
+		}
+	}
+}
