@@ -1,0 +1,107 @@
+package build
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/internal/planner"
+)
+
+var now = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+
+func TestNotBefore(t *testing.T) {
+	early, late := metav1.NewTime(now.Add(time.Minute)), metav1.NewTime(now.Add(time.Hour))
+	cases := map[string]struct {
+		defer_, retry *metav1.Time
+		want          time.Time
+	}{
+		"neither":            {},
+		"defer only":         {defer_: &late, want: late.Time},
+		"retry only":         {retry: &early, want: early.Time},
+		"later of the two 1": {defer_: &late, retry: &early, want: late.Time},
+		"later of the two 2": {defer_: &early, retry: &late, want: late.Time},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := &farmv1.Build{Spec: farmv1.BuildSpec{DeferUntil: tc.defer_}, Status: farmv1.BuildStatus{RetryAfter: tc.retry}}
+			if got := notBefore(b); !got.Equal(tc.want) {
+				t.Errorf("notBefore = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFactsBackoff(t *testing.T) {
+	cases := map[string]struct {
+		since time.Duration // how long the condition has been False; <0: no condition
+		want  time.Duration
+	}{
+		"first failure":   {since: -1, want: factsRetryMin},
+		"fresh condition": {since: 0, want: factsRetryMin},
+		"grows with time": {since: 30 * time.Second, want: 30 * time.Second},
+		"capped":          {since: 24 * time.Hour, want: factsRetryMax},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := &farmv1.Build{}
+			if tc.since >= 0 {
+				b.Status.Conditions = []metav1.Condition{{Type: farmv1.BuildConditionDerivationReadable, Status: metav1.ConditionFalse,
+					LastTransitionTime: metav1.NewTime(now.Add(-tc.since))}}
+			}
+			if got := factsBackoff(b, now); got != tc.want {
+				t.Errorf("factsBackoff = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestInputBuildName(t *testing.T) {
+	cases := map[string]struct{ drv, want string }{
+		"plain":      {"/gnu/store/5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-demo.drv", "5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-demo-0"},
+		"odd chars":  {"/gnu/store/5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-Foo_Bar+1.drv", "5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-foo-bar-1-0"},
+		"trailing .": {"/gnu/store/5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-x..drv", "5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-x.-0"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := inputBuildName(tc.drv, 0); got != tc.want {
+				t.Errorf("inputBuildName = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSetWait(t *testing.T) {
+	type conds map[string]metav1.ConditionStatus
+	cases := map[string]struct {
+		wait planner.Wait
+		want conds
+	}{
+		"no agent":       {wait: planner.Wait{Reason: planner.NoAgentForSystem, Message: "no pool offers riscv64-linux"}, want: conds{farmv1.BuildConditionSchedulable: metav1.ConditionFalse}},
+		"inputs pending": {wait: planner.Wait{Reason: planner.InputsPending, Message: "1 of 2"}, want: conds{farmv1.BuildConditionInputsPending: metav1.ConditionTrue}},
+		"not waiting":    {wait: planner.Wait{}, want: conds{}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := &farmv1.Build{}
+			// A stale condition of the other kind must go.
+			b.Status.Conditions = []metav1.Condition{{Type: farmv1.BuildConditionSchedulable, Status: metav1.ConditionFalse, Reason: "Old"},
+				{Type: farmv1.BuildConditionInputsPending, Status: metav1.ConditionTrue, Reason: "Old"}}
+			setWait(b, now, tc.wait)
+			got := conds{}
+			for _, c := range b.Status.Conditions {
+				got[c.Type] = c.Status
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("conditions (-want +got):\n%s", diff)
+			}
+			if c := meta.FindStatusCondition(b.Status.Conditions, farmv1.BuildConditionSchedulable); c != nil && c.Reason != string(planner.NoAgentForSystem) {
+				t.Errorf("Schedulable reason %q", c.Reason)
+			}
+		})
+	}
+}
