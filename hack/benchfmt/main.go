@@ -1,0 +1,180 @@
+// Command benchfmt turns the raw output of hack/bench.sh (`go test -v -bench` runs,
+// concatenated) into one line per figure:
+//
+//	name value unit (baseline, ratio)
+//
+// Each figure is read from a benchmark's metric and set next to its baseline: a target, a
+// benchmark measured in the same run, or a ratio the benchmark reports itself. A benchmark
+// that is absent (not written yet, skipped) is printed as missing; benchfmt never fails on
+// that, only on unreadable input. See docs/benchmarks.md.
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// baseline is what a figure is compared with, in the figure's unit unless unit is set.
+type baseline struct {
+	label string
+	// One of: a fixed value (a target or a published figure); a benchmark's metric from the
+	// same run (bench, metric, converted with the figure's scale); or the figure's own ratio
+	// metric (ratio = figure / baseline, as the benchmark measured it).
+	value         float64
+	bench, metric string
+	ratio         string
+	unit          string
+}
+
+// figure is one printed line.
+type figure struct {
+	name   string
+	pkg    string // where the benchmark lives, for the missing message
+	bench  string // benchmark name without the -GOMAXPROCS suffix
+	metric string // unit in the go test output
+	unit   string // printed unit
+	scale  float64
+	base   baseline
+}
+
+const (
+	nsToS  = 1e-9
+	nsToMs = 1e-6
+	nsToUs = 1e-3
+	bToMiB = 1.0 / (1 << 20)
+)
+
+var (
+	plan100k       = "BenchmarkPlan100k/derivation-ordered"
+	plan100kBasic  = "BenchmarkPlan100k/basic"
+	targetTime     = baseline{label: "target", value: 1}
+	targetMemory   = baseline{label: "target", value: 1024}
+	planPkg        = "./internal/planner"
+	integrationPkg = "./test/integration"
+	bucketPkg      = "./internal/bucket"
+)
+
+// table is every figure `make bench` prints, in order.
+var table = []figure{
+	{name: "plan100k.time", pkg: planPkg, bench: plan100k, metric: "ns/op", unit: "s/op", scale: nsToS, base: targetTime},
+	{name: "plan100k.time.vs-basic", pkg: planPkg, bench: plan100k, metric: "ns/op", unit: "s/op", scale: nsToS,
+		base: baseline{label: plan100kBasic, bench: plan100kBasic, metric: "ns/op"}},
+	{name: "plan100k.heap", pkg: planPkg, bench: plan100k, metric: "heap-MiB", unit: "MiB", scale: 1, base: targetMemory},
+	{name: "plan100k.heap.vs-basic", pkg: planPkg, bench: plan100k, metric: "heap-MiB", unit: "MiB", scale: 1,
+		base: baseline{label: plan100kBasic, bench: plan100kBasic, metric: "heap-MiB"}},
+	{name: "plan100k.alloc", pkg: planPkg, bench: plan100k, metric: "B/op", unit: "MiB/op", scale: bToMiB, base: targetMemory},
+	{name: "plan100k.alloc.vs-basic", pkg: planPkg, bench: plan100k, metric: "B/op", unit: "MiB/op", scale: bToMiB,
+		base: baseline{label: plan100kBasic, bench: plan100kBasic, metric: "B/op"}},
+	{name: "replan100k.time", pkg: planPkg, bench: "BenchmarkReplanAfterFinish100k/derivation-ordered", metric: "ns/op",
+		unit: "ms/op", scale: nsToMs, base: baseline{label: "target", value: 10}},
+
+	{name: "throughput", pkg: integrationPkg, bench: "BenchmarkThroughput", metric: "builds/s", unit: "builds/s", scale: 1,
+		base: baseline{label: "plain status updates", bench: "BenchmarkThroughput", metric: "updates/s", unit: "updates/s"}},
+	{name: "throughput.vs-kueue", pkg: integrationPkg, bench: "BenchmarkThroughput", metric: "builds/s", unit: "builds/s", scale: 1,
+		base: baseline{label: "kueue published, other hardware", value: 43, unit: "admissions/s"}},
+	{name: "etcd.bytes-per-build", pkg: integrationPkg, bench: "BenchmarkEtcdBytesPerBuild", metric: "bytes/build",
+		unit: "bytes/build", scale: 1, base: baseline{label: "target", value: 1024}},
+
+	{name: "publish.speed", pkg: bucketPkg, bench: "BenchmarkPublishClosure1GiB", metric: "MB/s", unit: "MB/s", scale: 1,
+		base: baseline{label: "BenchmarkNixCopy1GiB", bench: "BenchmarkNixCopy1GiB", metric: "MB/s"}},
+	{name: "publish.speed.vs-plain", pkg: bucketPkg, bench: "BenchmarkPublishClosure1GiB", metric: "MB/s", unit: "MB/s", scale: 1,
+		base: baseline{label: "BenchmarkPlainUpload1GiB", bench: "BenchmarkPlainUpload1GiB", metric: "MB/s"}},
+	{name: "publish.rss", pkg: bucketPkg, bench: "BenchmarkPublishClosure1GiB", metric: "peak-RSS-MiB", unit: "MiB", scale: 1,
+		base: baseline{label: "target", value: 256}},
+
+	{name: "signing.guix-sign", pkg: "./internal/signing", bench: "BenchmarkGuixSign", metric: "ns/op", unit: "µs/op", scale: nsToUs,
+		base: baseline{label: "Nix ed25519 sign", ratio: "x_ed25519_sign"}},
+	{name: "signing.guix-verify", pkg: "./internal/signing", bench: "BenchmarkGuixVerify", metric: "ns/op", unit: "µs/op", scale: nsToUs,
+		base: baseline{label: "Nix ed25519 verify", ratio: "x_ed25519_verify"}},
+	{name: "narinfo.sign-both", pkg: "./internal/narinfo", bench: "BenchmarkNarinfoSignBoth", metric: "ns/op", unit: "µs/op", scale: nsToUs,
+		base: baseline{label: "Nix-only signing", ratio: "x_nix_only"}},
+}
+
+func main() {
+	r, err := parse(os.Stdin)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "benchfmt: reading go test output on stdin: %v\n", err)
+		os.Exit(2)
+	}
+	for _, f := range table {
+		fmt.Println(line(r, f))
+	}
+}
+
+// line formats one figure: "name value unit (label baseline unit, ratio r)", or why it is
+// missing.
+func line(r run, f figure) string {
+	res, ok := r.results[f.bench]
+	if !ok {
+		return f.name + ": " + absent(r, f.pkg, f.bench)
+	}
+	v, ok := res.metrics[f.metric]
+	if !ok {
+		return fmt.Sprintf("%s: missing (benchmark %s reports no %s)", f.name, f.bench, f.metric)
+	}
+	v *= f.scale
+	head := fmt.Sprintf("%s %s %s", f.name, num(v), f.unit)
+	b := f.base
+	unit := f.unit
+	if b.unit != "" {
+		unit = b.unit
+	}
+	var bv float64
+	switch {
+	case b.ratio != "":
+		ratio, ok := res.metrics[b.ratio]
+		if !ok || ratio == 0 {
+			return fmt.Sprintf("%s (%s: missing (benchmark %s reports no %s))", head, b.label, f.bench, b.ratio)
+		}
+		bv = v / ratio
+	case b.bench != "":
+		br, ok := r.results[b.bench]
+		if !ok {
+			return fmt.Sprintf("%s (%s: %s)", head, b.label, absent(r, f.pkg, b.bench))
+		}
+		x, ok := br.metrics[b.metric]
+		if !ok {
+			return fmt.Sprintf("%s (%s: missing (benchmark %s reports no %s))", head, b.label, b.bench, b.metric)
+		}
+		bv = x * f.scale
+	default:
+		bv = b.value
+	}
+	ratio := "n/a"
+	if bv != 0 {
+		ratio = num(v / bv)
+	}
+	return fmt.Sprintf("%s (%s %s %s, ratio %s)", head, b.label, num(bv), unit, ratio)
+}
+
+// absent says why a benchmark has no figures.
+func absent(r run, pkg, bench string) string {
+	switch {
+	case r.failed[bench]:
+		return fmt.Sprintf("failed (benchmark %s failed)", bench)
+	case r.skipped[bench] != "":
+		return fmt.Sprintf("missing (benchmark %s %s)", bench, r.skipped[bench])
+	case r.notes[pkg] != "":
+		return fmt.Sprintf("missing (benchmark %s not found; %s: %s)", bench, pkg, r.notes[pkg])
+	}
+	return fmt.Sprintf("missing (benchmark %s not found)", bench)
+}
+
+// num prints three significant digits, without exponents for ordinary magnitudes.
+func num(v float64) string {
+	a := math.Abs(v)
+	switch {
+	case a >= 1e6 || (a < 1e-3 && a != 0):
+		return strconv.FormatFloat(v, 'g', 3, 64)
+	case a >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	}
+	s := strconv.FormatFloat(v, 'g', 3, 64)
+	if strings.ContainsRune(s, 'e') {
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return s
+}
