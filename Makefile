@@ -62,3 +62,33 @@ bench: tools ## Benchmarks, printed as `name value unit (baseline, ratio)`.
 .PHONY: run
 run: tools build ## A whole local farm: apiserver, etcd, MinIO, nix-daemon, controller and agents.
 	hack/run-farm.sh
+
+##@ Packaging
+
+HELM := $(TOOLS_BIN)/helm
+IMG_CONTROLLER ?= ghcr.io/guixfarm/guix-farm-controller:dev
+IMG_AGENT ?= ghcr.io/guixfarm/guix-farm-agent:dev
+
+.PHONY: tools-helm
+tools-helm:
+	hack/tools.sh helm
+
+.PHONY: chart-rbac
+chart-rbac: ## Copies the generated ClusterRoles into the chart; test/chart fails while they differ.
+	mkdir -p charts/guix-farm/files/rbac
+	cp config/rbac/controller/role.yaml charts/guix-farm/files/rbac/controller-role.yaml
+	cp config/rbac/agent/role.yaml charts/guix-farm/files/rbac/agent-role.yaml
+
+.PHONY: chart
+chart: tools-helm chart-rbac ## Lints the Helm chart and packages it into bin/.
+	$(HELM) lint --strict charts/guix-farm
+	$(HELM) package charts/guix-farm -d bin
+
+.PHONY: test-chart
+test-chart: tools-helm ## The chart's tests: lint, template, CRD/RBAC drift, install into a real apiserver.
+	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 ./test/chart/...
+
+.PHONY: docker-build
+docker-build: ## Controller and agent images (needs a Docker engine, which the test bed lacks).
+	docker build --target controller -t $(IMG_CONTROLLER) .
+	docker build --target agent -t $(IMG_AGENT) .

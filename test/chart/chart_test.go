@@ -1,0 +1,462 @@
+// Package chart tests the Helm chart in charts/guix-farm with the pinned helm: lint, template, no
+// drift from the generated CRDs and RBAC (config/), and an install into a real apiserver.
+package chart
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/test/testbed"
+)
+
+// root is the repository root.
+func root() string {
+	_, file, _, _ := goruntime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+var (
+	chartDir = filepath.Join(root(), "charts", "guix-farm")
+	// poolValues exercises every template: two AgentPools (one with its own pod template), the bucket,
+	// leader election and a cluster-wide watch.
+	poolValues = `
+controller:
+  replicas: 2
+  strategy: derivation-ordered
+  buildTTL: 1h
+  watchAllNamespaces: true
+  bucket: {endpoint: "http://minio.guix-farm:9000", name: farm-cache, credentialsSecret: farm-s3, gc: {interval: 6h}}
+agentPools:
+- name: x86-64
+  systems: [x86_64-linux, i686-linux]
+  features: [kvm]
+  replicas: 2
+  minReplicas: 0
+  maxReplicas: 4
+  maxParallelBuilds: 2
+- name: custom
+  systems: [aarch64-linux]
+  template:
+    spec:
+      containers: [{name: agent, image: example.org/agent:1}]
+`
+)
+
+// helm runs the pinned helm with its state under a temporary directory.
+type helm struct {
+	bin  string
+	home string
+}
+
+func newHelm(t *testing.T) *helm {
+	t.Helper()
+	return &helm{bin: testbed.Tool(t, "helm", "helm"), home: t.TempDir()}
+}
+
+func (h *helm) run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(h.bin, args...)
+	cmd.Env = append(os.Environ(),
+		"HELM_CACHE_HOME="+filepath.Join(h.home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(h.home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(h.home, "data"))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String(), err
+}
+
+// valuesFile writes values to a file whose path has no comma (helm splits --values at commas, and
+// t.TempDir's name comes from the test's).
+func valuesFile(t *testing.T, values string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "guix-farm-chart-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := filepath.Join(dir, "values.yaml")
+	if err := os.WriteFile(p, []byte(values), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// render runs helm template and decodes every document.
+func (h *helm) render(t *testing.T, namespace, values string, set ...string) []*unstructured.Unstructured {
+	t.Helper()
+	args := []string{"template", "guix-farm", chartDir, "--namespace", namespace, "--values", valuesFile(t, values)}
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	out, err := h.run(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeAll([]byte(out))
+	if err != nil {
+		t.Fatalf("decoding helm template output: %v\n%s", err, out)
+	}
+	return objs
+}
+
+func decodeAll(data []byte) ([]*unstructured.Unstructured, error) {
+	d := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := d.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return objs, nil
+			}
+			return nil, err
+		}
+		if len(m) > 0 {
+			objs = append(objs, &unstructured.Unstructured{Object: m})
+		}
+	}
+}
+
+func find[T any](t *testing.T, objs []*unstructured.Unstructured, kind, name string) *T {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			v := new(T)
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, v); err != nil {
+				t.Fatalf("converting %s %s: %v", kind, name, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("helm template rendered no %s %s", kind, name)
+	return nil
+}
+
+func TestLint(t *testing.T) {
+	h := newHelm(t)
+	cases := map[string]struct{ values string }{
+		"defaults":       {values: "{}"},
+		"pools + bucket": {values: poolValues},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			out, err := h.run(t, "lint", "--strict", chartDir, "--values", valuesFile(t, c.values))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+				t.Errorf("helm lint is not clean:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestTemplateFlags: values reach the controller's flags, the bindings follow the watch scope.
+func TestTemplateFlags(t *testing.T) {
+	h := newHelm(t)
+	cases := map[string]struct {
+		values       string
+		set          []string
+		wantArgs     []string
+		wantBindKind string
+		wantPools    []string
+	}{
+		"defaults": {
+			values: "{}",
+			wantArgs: []string{"--namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--drv-dir=/gnu/store",
+				"--store-dir=/gnu/store", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+				"--leader-elect=false", "--zap-log-level=info"},
+			wantBindKind: "RoleBinding",
+		},
+		"pools, bucket, cluster-wide, two replicas": {
+			values: poolValues,
+			wantArgs: []string{"--namespace=", "--strategy=derivation-ordered", "--build-ttl=1h", "--drv-dir=/gnu/store",
+				"--store-dir=/gnu/store", "--bucket-endpoint=http://minio.guix-farm:9000", "--bucket=farm-cache",
+				"--gc-interval=6h", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+				"--leader-elect=true", "--zap-log-level=info"},
+			wantBindKind: "ClusterRoleBinding",
+			wantPools:    []string{"custom", "x86-64"},
+		},
+		"derivations from the bucket only": {
+			values: "{}",
+			set:    []string{"controller.drvSource.dir=", "controller.bucket.endpoint=minio:9000", "controller.bucket.name=c"},
+			wantArgs: []string{"--namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--store-dir=/gnu/store",
+				"--bucket-endpoint=minio:9000", "--bucket=c", "--gc-interval=0s", "--metrics-bind-address=:8080",
+				"--health-probe-bind-address=:8081", "--leader-elect=false", "--zap-log-level=info"},
+			wantBindKind: "RoleBinding",
+		},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			objs := h.render(t, "guix-farm", c.values, c.set...)
+			d := find[appsv1.Deployment](t, objs, "Deployment", "guix-farm-controller")
+			if diff := cmp.Diff(c.wantArgs, d.Spec.Template.Spec.Containers[0].Args); diff != "" {
+				t.Errorf("controller args (-want +got):\n%s", diff)
+			}
+			find[corev1.Service](t, objs, "Service", "guix-farm-controller-metrics")
+			find[corev1.ServiceAccount](t, objs, "ServiceAccount", "guix-farm-controller")
+			find[corev1.ServiceAccount](t, objs, "ServiceAccount", "guix-farm-agent")
+			find[rbacv1.RoleBinding](t, objs, "RoleBinding", "guix-farm-agent")
+			b := find[rbacv1.RoleBinding](t, objs, c.wantBindKind, "guix-farm-controller") // same shape as a ClusterRoleBinding
+			if b.RoleRef.Name != "guix-farm-controller" || len(b.Subjects) != 1 || b.Subjects[0].Name != "guix-farm-controller" {
+				t.Errorf("controller binding: roleRef %q, subjects %+v", b.RoleRef.Name, b.Subjects)
+			}
+			var pools []string
+			for _, o := range objs {
+				if o.GetKind() == "AgentPool" {
+					p := find[farmv1.AgentPool](t, objs, "AgentPool", o.GetName())
+					if p.Spec.Template == nil || p.Spec.Template.Spec.ServiceAccountName != "guix-farm-agent" {
+						t.Errorf("AgentPool %s: pod template does not run as guix-farm-agent: %+v", p.Name, p.Spec.Template)
+					}
+					pools = append(pools, o.GetName())
+				}
+			}
+			slices.Sort(pools)
+			if diff := cmp.Diff(c.wantPools, pools); diff != "" {
+				t.Errorf("AgentPools (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestTemplateRefusesNoDerivationSource: neither a .drv directory nor a bucket is a values error.
+func TestTemplateRefusesNoDerivationSource(t *testing.T) {
+	h := newHelm(t)
+	out, err := h.run(t, "template", "guix-farm", chartDir, "--set", "controller.drvSource.dir=")
+	if err == nil || !strings.Contains(out, "no derivation source") {
+		t.Errorf("helm template without a derivation source: err %v, want a refusal naming it:\n%s", err, out)
+	}
+}
+
+// TestCRDsMatchConfig: the chart's crds/ are the generated config/crd/bases (make manifests copies them).
+func TestCRDsMatchConfig(t *testing.T) {
+	want := readDir(t, filepath.Join(root(), "config", "crd", "bases"))
+	got := readDir(t, filepath.Join(chartDir, "crds"))
+	if len(want) == 0 {
+		t.Fatal("config/crd/bases holds no CRD: run make manifests")
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("charts/guix-farm/crds differ from config/crd/bases: run make manifests (-config +chart):\n%s", diff)
+	}
+}
+
+func readDir(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[filepath.Base(f)] = string(b)
+	}
+	return m
+}
+
+// TestRBACMatchesConfig: the ClusterRoles the chart renders grant exactly the generated rules of
+// config/rbac (from the +kubebuilder:rbac markers of the code).
+func TestRBACMatchesConfig(t *testing.T) {
+	h := newHelm(t)
+	objs := h.render(t, "guix-farm", "{}")
+	for _, who := range []string{"controller", "agent"} {
+		t.Run(who, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join(root(), "config", "rbac", who, "role.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want rbacv1.ClusterRole
+			if err := yaml.UnmarshalStrict(b, &want); err != nil {
+				t.Fatalf("config/rbac/%s/role.yaml: %v", who, err)
+			}
+			got := find[rbacv1.ClusterRole](t, objs, "ClusterRole", "guix-farm-"+who)
+			if diff := cmp.Diff(want.Rules, got.Rules); diff != "" {
+				t.Errorf("the chart's ClusterRole guix-farm-%s differs from config/rbac/%s/role.yaml: run make chart-rbac (-config +chart):\n%s", who, who, diff)
+			}
+		})
+	}
+}
+
+// TestInstall installs the chart into a real apiserver (no kubelet: the Deployment stays without
+// pods), checks what it created, dry-runs config/samples against the installed CRDs, and uninstalls.
+func TestInstall(t *testing.T) {
+	h := newHelm(t)
+	kubeconfig, c := startAPIServer(t)
+	ctx := context.Background()
+	const ns = "guix-farm" // the namespace of config/samples
+
+	values := valuesFile(t, "agentPools:\n- {name: helm-x86-64, systems: [x86_64-linux], replicas: 1}\n")
+	out, err := h.run(t, "install", "guix-farm", chartDir, "--kubeconfig", kubeconfig, "--namespace", ns,
+		"--create-namespace", "--values", values, "--timeout", "2m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "STATUS: deployed") || !strings.Contains(out, "kubectl -n guix-farm get builds -w") {
+		t.Errorf("helm install output lacks the status or the NOTES:\n%s", out)
+	}
+
+	for _, name := range []string{"builds.build.guixfarm.io", "agentpools.build.guixfarm.io"} {
+		waitFor(t, 30*time.Second, "CRD "+name+" established", func() (bool, string) {
+			crd := &apiextensionsv1.CustomResourceDefinition{}
+			if err := c.Get(ctx, client.ObjectKey{Name: name}, crd); err != nil {
+				return false, err.Error()
+			}
+			for _, cond := range crd.Status.Conditions {
+				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("conditions %+v", crd.Status.Conditions)
+		})
+	}
+	d := &appsv1.Deployment{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "guix-farm-controller"}, d); err != nil {
+		t.Fatalf("the controller Deployment: %v", err)
+	}
+	for _, o := range []client.Object{
+		&corev1.ServiceAccount{}, &corev1.Service{}, &rbacv1.ClusterRole{}, &rbacv1.RoleBinding{}, &farmv1.AgentPool{},
+	} {
+		key := map[string]client.ObjectKey{
+			"*v1.ServiceAccount":  {Namespace: ns, Name: "guix-farm-agent"},
+			"*v1.Service":         {Namespace: ns, Name: "guix-farm-controller-metrics"},
+			"*v1.ClusterRole":     {Name: "guix-farm-agent"},
+			"*v1.RoleBinding":     {Namespace: ns, Name: "guix-farm-controller"},
+			"*v1alpha1.AgentPool": {Namespace: ns, Name: "helm-x86-64"},
+		}[fmt.Sprintf("%T", o)]
+		if err := c.Get(ctx, key, o); err != nil {
+			t.Errorf("%T %s after helm install: %v", o, key, err)
+		}
+	}
+
+	// The samples must pass the CRDs' validation (CEL rules included).
+	samples, err := filepath.Glob(filepath.Join(root(), "config", "samples", "build_*.yaml"))
+	if err != nil || len(samples) == 0 {
+		t.Fatalf("no samples in config/samples: %v", err)
+	}
+	for _, f := range samples {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := decodeAll(b)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, o := range objs {
+			if err := c.Create(ctx, o, client.DryRunAll); err != nil {
+				t.Errorf("%s: %s %s refused by the apiserver: %v", filepath.Base(f), o.GetKind(), o.GetName(), err)
+			}
+		}
+	}
+
+	if _, err := h.run(t, "uninstall", "guix-farm", "--kubeconfig", kubeconfig, "--namespace", ns, "--wait", "--timeout", "1m"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "helm uninstall to delete the Deployment", func() (bool, string) {
+		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "guix-farm-controller"}, &appsv1.Deployment{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	// Helm keeps CRDs (and so every Build) on uninstall.
+	if err := c.Get(ctx, client.ObjectKey{Name: "builds.build.guixfarm.io"}, &apiextensionsv1.CustomResourceDefinition{}); err != nil {
+		t.Errorf("the Build CRD after helm uninstall: %v (helm must keep CRDs)", err)
+	}
+}
+
+// startAPIServer runs etcd + kube-apiserver without the farm's CRDs (helm installs them) and returns
+// an admin kubeconfig and a client.
+func startAPIServer(t *testing.T) (string, client.Client) {
+	t.Helper()
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		assets = testbed.ToolsBin()
+	}
+	for _, b := range []string{"kube-apiserver", "etcd", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(assets, b)); err != nil {
+			msg := fmt.Sprintf("%s not in %s: run hack/tools.sh kube etcd", b, assets)
+			if testbed.Required() {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+	}
+	e := &envtest.Environment{BinaryAssetsDirectory: assets}
+	cfg, err := e.Start()
+	if err != nil {
+		t.Fatalf("starting the apiserver: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Errorf("stopping the apiserver: %v", err)
+		}
+	})
+	user, err := e.ControlPlane.AddUser(envtest.User{Name: "chart-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(p, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, farmv1.AddToScheme, apiextensionsv1.AddToScheme} {
+		if err := add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := client.New(cfg, client.Options{Scheme: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, c
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, f func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, why := f()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %s", what, why)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
