@@ -245,8 +245,10 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$MINIO_URL/$BUCKET/nix-cache-info
 "$RUN/bin/sample-drvs" -dir "$RUN/drvs" -builds "$RUN/builds.yaml" -namespace "$NS"
 log "wrote $(ls "$RUN/drvs" | wc -l) sample derivations into $RUN/drvs"
 
-start controller bin/guix-farm-controller --kubeconfig="$RUN/controller.kubeconfig" --namespace="$NS" \
-  --strategy="$STRATEGY" --drv-dir="$RUN/drvs" --build-ttl=24h \
+# The controller reads .drv files from the directory and output availability from the bucket.
+start controller env AWS_ACCESS_KEY_ID="$MINIO_USER" AWS_SECRET_ACCESS_KEY="$MINIO_PASSWORD" \
+  bin/guix-farm-controller --kubeconfig="$RUN/controller.kubeconfig" --namespace="$NS" \
+  --strategy="$STRATEGY" --drv-dir="$RUN/drvs" --build-ttl=24h --bucket-endpoint="$MINIO_URL" --bucket="$BUCKET" \
   --metrics-bind-address="127.0.0.1:$METRICS_PORT" --health-probe-bind-address="127.0.0.1:$PROBE_PORT"
 wait_for "controller /readyz" 60 curl -sf "http://127.0.0.1:$PROBE_PORT/readyz"
 
