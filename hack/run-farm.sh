@@ -275,8 +275,8 @@ guix-farm is running (state and logs in $RUN).
   kubectl wait --for=jsonpath='{.status.phase}'=Succeeded build/hello-2.12.1-x86-64
   kubectl get leases                          # one per agent
 
-Submit more: $RUN/bin/sample-drvs writes .drv files and Build manifests;
-the controller reads derivations from $RUN/drvs.
+Submit more (the controller reads derivations from $RUN/drvs):
+  $RUN/bin/sample-drvs -dir $RUN/drvs -salt 1 | kubectl apply -f -
 Substitute cache (anonymous read): $MINIO_URL/$BUCKET
 Controller metrics: http://127.0.0.1:$METRICS_PORT/metrics
 

@@ -44,6 +44,7 @@ func run() error {
 	namespace := flag.String("namespace", "guix-farm", "namespace of the Builds")
 	store := flag.String("store", string(storepath.DefaultDir), "store directory of the derivation paths")
 	systems := flag.String("systems", "x86_64-linux,aarch64-linux", "comma-separated systems to make the graph for")
+	salt := flag.Int("salt", 0, "a non-zero salt makes new derivations (and Build names ending in -SALT) for another round")
 	flag.Parse()
 	if *dir == "" {
 		return fmt.Errorf("-dir is required: the directory the controller reads .drv files from")
@@ -64,7 +65,7 @@ func run() error {
 				Outputs: []derivation.Output{{Name: "out"}},
 				System:  system,
 				Builder: "/bin/sh",
-				Args:    []string{"-c", "echo " + s.name + " > $out"},
+				Args:    []string{"-c", fmt.Sprintf("echo %s %d > $out", s.name, *salt)},
 				Env: []derivation.EnvVar{
 					{Key: "builder", Value: "/bin/sh"}, {Key: "name", Value: s.name}, {Key: "out"}, {Key: "system", Value: system},
 				},
@@ -105,7 +106,7 @@ spec:
   retry:
     maxAttempts: 3
     backoffSeconds: 5
-`, buildName(s.name, system), *namespace, system, p, s.priority)
+`, buildName(s.name, system, *salt), *namespace, system, p, s.priority)
 		}
 	}
 	if *builds == "" {
@@ -115,8 +116,12 @@ spec:
 	return os.WriteFile(*builds, []byte(out.String()), 0o644)
 }
 
-// buildName is a DNS subdomain name: the derivation name and the system's architecture.
-func buildName(name, system string) string {
+// buildName is a DNS subdomain name: the derivation name, the system's architecture and the salt.
+func buildName(name, system string, salt int) string {
 	arch, _, _ := strings.Cut(system, "-")
-	return strings.ToLower(strings.ReplaceAll(name+"-"+arch, "_", "-"))
+	n := name + "-" + arch
+	if salt != 0 {
+		n += fmt.Sprintf("-%d", salt)
+	}
+	return strings.ToLower(strings.ReplaceAll(n, "_", "-"))
 }
