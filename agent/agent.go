@@ -214,10 +214,10 @@ func (a *Agent) free() int {
 	return a.cfg.Slots - len(a.running)
 }
 
-// claim takes b with a status update carrying its resourceVersion: on conflict another writer
-// (the planner moving it, another agent) won, and we move on.
+// claim reserves a slot for b, then takes b in the background with a status update carrying its
+// resourceVersion: on conflict another writer (the planner moving it, another agent) won, and the
+// slot is free again. Claims run concurrently, so one slow write does not hold back the others.
 func (a *Agent) claim(ctx context.Context, b *farmv1.Build) {
-	log := a.log.WithValues("build", klogRef(b))
 	b = b.DeepCopy()
 	if err := lifecycle.Claim(b, a.cfg.Name, a.clock.Now()); err != nil {
 		return
@@ -227,23 +227,28 @@ func (a *Agent) claim(ctx context.Context, b *farmv1.Build) {
 	a.mu.Lock()
 	a.running[b.UID] = run // before the write, so a fast cache event never sees an orphan
 	a.mu.Unlock()
-	if err := a.client.Status().Update(ctx, b); err != nil {
-		a.mu.Lock()
-		delete(a.running, b.UID)
-		a.mu.Unlock()
-		cancel()
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			a.metrics.ClaimConflicts.Inc()
-			log.V(1).Info("Claim lost", "reason", err.Error())
+	go func() {
+		log := a.log.WithValues("build", klogRef(b))
+		if err := a.client.Status().Update(ctx, b); err != nil {
+			a.mu.Lock()
+			delete(a.running, b.UID)
+			a.mu.Unlock()
+			cancel()
+			close(run.done)
+			a.kick()
+			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+				a.metrics.ClaimConflicts.Inc()
+				log.V(1).Info("Claim lost", "reason", err.Error())
+				return
+			}
+			log.Error(err, "Claiming build")
 			return
 		}
-		log.Error(err, "Claiming build")
-		return
-	}
-	a.metrics.Claims.Inc()
-	log.V(1).Info("Claimed build", "attempt", b.Status.AttemptCount)
-	a.kickLease()
-	go a.execute(bctx, ctx, b, run)
+		a.metrics.Claims.Inc()
+		log.V(1).Info("Claimed build", "attempt", b.Status.AttemptCount)
+		a.kickLease()
+		a.execute(bctx, ctx, b, run)
+	}()
 }
 
 // execute runs one attempt and reports it. parent is the agent's context: when it ends first,

@@ -51,11 +51,13 @@ const (
 // BuildSpec is what the user asked for.
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.canceled) || !oldSelf.canceled || (has(self.canceled) && self.canceled)",message="spec.canceled cannot be undone: submit a new Build for the same derivation"
 type BuildSpec struct {
-	// Derivation is the .drv store path to build, e.g. /gnu/store/<32 nix-base32 chars>-hello-2.12.drv.
+	// Derivation is the .drv store path to build: an absolute path in the store directory,
+	// /gnu/store/<32 nix-base32 characters>-<name>.drv, e.g. /gnu/store/<hash>-hello-2.12.drv.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=211
-	// +kubebuilder:validation:XValidation:rule="self.matches('^/([A-Za-z0-9._+-]+/)*[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+._?=-]+[.]drv$')",message="spec.derivation must be a .drv store path: an absolute path in the store directory, /gnu/store/<32 nix-base32 characters>-<name>.drv"
+	// The pattern is an OpenAPI pattern rather than a CEL matches(): CEL's regex made every create 5x dearer.
+	// +kubebuilder:validation:Pattern=`^/([A-Za-z0-9._+-]+/)*[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+._?=-]+[.]drv$`
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.derivation is immutable: create a new Build to build another derivation"
 	Derivation string `json:"derivation"`
 
