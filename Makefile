@@ -18,6 +18,7 @@ manifests: tools-controller-gen ## CRDs and RBAC from the API markers; the chart
 	$(CONTROLLER_GEN) rbac:roleName=guix-farm-controller paths=./controllers/... output:rbac:dir=config/rbac/controller
 	$(CONTROLLER_GEN) rbac:roleName=guix-farm-agent paths=./agent/... output:rbac:dir=config/rbac/agent
 	mkdir -p charts/guix-farm/crds && cp config/crd/bases/*.yaml charts/guix-farm/crds/
+	$(MAKE) --no-print-directory chart-rbac
 
 .PHONY: generate
 generate: tools-controller-gen ## Deepcopy functions.

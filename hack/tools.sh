@@ -118,7 +118,7 @@ for t in "$@"; do
   case $t in
     kube) kube ;; etcd) etcd ;; controller-gen) controller_gen ;; minio) minio ;; mc) mc ;; helm) helm ;; nix) nix ;;
     envtest) kube; etcd ;;
-    all) controller_gen; etcd; kube; minio; nix ;;
+    all) controller_gen; etcd; kube; minio; helm; nix ;;
     *) echo "hack/tools.sh: unknown tool $t" >&2; exit 2 ;;
   esac
 done
