@@ -315,13 +315,18 @@ func (a *Agent) report(ctx context.Context, b *farmv1.Build, change func(*farmv1
 		backoff = min(2*backoff, 5*time.Second)
 		return ctx.Err() != nil
 	}
-	cur := b.DeepCopy()
+	cur, fresh := b.DeepCopy(), false
 	for conflicts := 0; conflicts < 50; {
 		if cur != nil {
 			if err := change(cur, a.clock.Now()); err != nil {
-				log.Info("Not reporting: attempt no longer ours", "reason", err.Error())
-				return
+				if fresh {
+					log.Info("Not reporting: attempt no longer ours", "reason", err.Error())
+					return
+				}
+				cur = nil // the copy we hold may predate our own claim: judge on a fresh read
 			}
+		}
+		if cur != nil {
 			err := a.client.Status().Update(ctx, cur)
 			switch {
 			case err == nil || apierrors.IsNotFound(err):
@@ -334,18 +339,18 @@ func (a *Agent) report(ctx context.Context, b *farmv1.Build, change func(*farmv1
 				}
 			}
 		}
-		fresh := &farmv1.Build{}
-		if err := a.client.Get(ctx, client.ObjectKeyFromObject(b), fresh); err != nil {
+		got := &farmv1.Build{}
+		if err := a.client.Get(ctx, client.ObjectKeyFromObject(b), got); err != nil {
 			if apierrors.IsNotFound(err) || failed(err, "Reading build to report") {
 				return
 			}
 			cur = nil
 			continue
 		}
-		if fresh.UID != b.UID {
+		if got.UID != b.UID {
 			return
 		}
-		cur = fresh
+		cur, fresh = got, true
 	}
 }
 
