@@ -32,6 +32,8 @@ type Options struct {
 	PlanDebounce time.Duration
 	// BuildWorkers is the number of Builds reconciled in parallel.
 	BuildWorkers int
+	// ExpectedBuilds sizes the planner's tables once (the usual queue length); 0 lets them grow.
+	ExpectedBuilds int
 	// AgentGrace is added to a Lease's expiry before its agent is declared lost.
 	AgentGrace time.Duration
 	Clock      clock.Clock
@@ -65,7 +67,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*planning.Loop, er
 		return nil, fmt.Errorf("indexing %s: %w", index.BuildAttemptAgent, err)
 	}
 
-	p := planner.New(planner.Options{Strategy: o.Strategy})
+	// The Build reconciler reads a new Build's wait reason itself (CurrentWait), so the planner
+	// need not report first waits: at 10^5 new Builds that saves as many reconciles.
+	p := planner.New(planner.Options{Strategy: o.Strategy, ExpectedBuilds: o.ExpectedBuilds, SkipInitialWaits: true})
 	br := &build.Reconciler{
 		Client: mgr.GetClient(), Facts: o.Facts, Outputs: o.Outputs, Clock: o.Clock,
 		Recorder: mgr.GetEventRecorder("guix-farm"), Metrics: o.Metrics, DefaultTTL: o.BuildTTL,

@@ -64,6 +64,7 @@ func run() error {
 	flag.IntVar(&factsCacheSize, "drv-cache-size", 200000, "parsed derivations kept in memory")
 	flag.DurationVar(&o.BuildTTL, "build-ttl", 24*time.Hour, "delete finished Builds this long after they finished (0 keeps them); spec.ttlSecondsAfterFinished overrides")
 	flag.DurationVar(&o.PlanDebounce, "plan-debounce", 20*time.Millisecond, "batch the events of a burst into one planning pass")
+	flag.IntVar(&o.ExpectedBuilds, "expected-builds", 10000, "usual number of pending Builds: sizes the planner's tables once")
 	flag.IntVar(&o.BuildWorkers, "build-workers", 16, "Builds reconciled in parallel")
 	flag.DurationVar(&o.AgentGrace, "agent-grace", 2*time.Second, "added to a Lease's expiry before its agent is declared lost")
 	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the substitute bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
