@@ -271,7 +271,7 @@ type BuildStatus struct {
 // +kubebuilder:printcolumn:name="System",type=string,JSONPath=`.status.system`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
-// +kubebuilder:printcolumn:name="Agent",type=string,JSONPath=`.status.attempt.agent`
+// +kubebuilder:printcolumn:name="Agent",type=string,JSONPath=`.status.allocation.agent`
 // +kubebuilder:printcolumn:name="Attempts",type=integer,JSONPath=`.status.attemptCount`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Build struct {
