@@ -6,6 +6,7 @@ package build
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -90,25 +91,20 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
-	before := b.DeepCopy()
-	s := &scope{b: b, key: key, now: r.Clock.Now(), log: log}
-
-	var res ctrl.Result
-	var err error
-	switch {
-	case b.Status.Phase.Finished():
+	if b.Status.Phase.Finished() {
 		r.Loop.Forget(key)
 		if b.Status.Phase == farmv1.BuildSucceeded {
 			r.Loop.Planner().SetAvailable(b.Spec.Derivation, true)
 		}
-		return r.reconcileTTL(ctx, b, s.now)
-	default:
-		res, err = r.reconcilePending(ctx, s)
+		return r.reconcileTTL(ctx, b, r.Clock.Now())
 	}
+	before := b.DeepCopy()
+	res, err := r.reconcilePending(ctx, &scope{b: b, key: key, now: r.Clock.Now(), log: log})
 	if perr := r.patchStatus(ctx, before, b); perr != nil {
 		if apierrors.IsConflict(perr) {
+			// A newer version exists, and its watch event brings us back; the requeue is a fallback.
 			r.Metrics.Conflicts.WithLabelValues("controller").Inc()
-			return ctrl.Result{Requeue: true}, nil
+			return ctrl.Result{RequeueAfter: conflictRequeue}, nil
 		}
 		return ctrl.Result{}, perr
 	}
@@ -119,6 +115,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	return res, err
 }
+
+// conflictRequeue is the fallback retry after losing a status write to a concurrent writer.
+const conflictRequeue = time.Second
 
 // scope carries what the phases of one reconcile share.
 type scope struct {
@@ -174,11 +173,6 @@ func buildKey(n types.NamespacedName) planner.BuildKey {
 }
 
 func splitKey(k planner.BuildKey) (ns, name string) {
-	s := string(k)
-	for i := 0; i < len(s); i++ {
-		if s[i] == '/' {
-			return s[:i], s[i+1:]
-		}
-	}
-	return "", s
+	ns, name, _ = strings.Cut(string(k), "/")
+	return ns, name
 }
