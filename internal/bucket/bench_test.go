@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,11 +31,16 @@ import (
 
 const benchChildEnv = "GUIXFARM_BUCKET_BENCH_CHILD"
 
+// benchProfileEnv names a file for the publisher child's CPU profile
+// (-cpuprofile profiles only the parent, which merely waits).
+const benchProfileEnv = "GUIXFARM_BUCKET_BENCH_CPUPROFILE"
+
 type benchArgs struct {
 	Endpoint, Bucket, AccessKey, SecretKey string
 	Items                                  []testbed.ClosureItem
-	Hashes                                 []string // NarHash per item, as the daemon's path info gives it
-	Plain                                  bool     // plain PutObject of the NAR, no compression or hashing
+	Hashes                                 []string   // NarHash per item, as the daemon's path info gives it
+	Refs                                   [][]string // References per item, as the daemon's path info gives them
+	Plain                                  bool       // plain PutObject of the NAR, no compression or hashing
 }
 
 // benchChild publishes the items and prints the compressed total.
@@ -43,6 +49,12 @@ func benchChild(arg string) int {
 	if err := json.Unmarshal([]byte(arg), &a); err != nil {
 		fmt.Println("ERR", err)
 		return 2
+	}
+	if f := os.Getenv(benchProfileEnv); f != "" && !a.Plain {
+		out, err := os.Create(f)
+		if err == nil && pprof.StartCPUProfile(out) == nil {
+			defer pprof.StopCPUProfile()
+		}
 	}
 	ctx := context.Background()
 	sk, _ := signing.ParseNixSecretKey(testSecretKey)
@@ -53,21 +65,33 @@ func benchChild(arg string) int {
 		return 2
 	}
 	var fileSize uint64
-	for i, it := range a.Items {
-		if a.Plain {
-			pr, pw := io.Pipe()
-			go func() { pw.CloseWithError(nar.Dump(pw, it.Dir)) }()
-			_, err = p.c.PutObject(ctx, a.Bucket, "plain/"+filepath.Base(it.StorePath), pr, -1, minio.PutObjectOptions{
-				PartSize: p.cfg.PartSize, NumThreads: uint(p.cfg.Concurrency), ConcurrentStreamParts: true, DisableContentSha256: true})
-		} else {
-			var res Result
+	if !a.Plain {
+		// As the agent publishes a build's outputs: the whole closure in
+		// one call, NarHash and References from the daemon's path info.
+		var items []StoreItem
+		for i, it := range a.Items {
 			item := DiskItem(it.StorePath, it.Dir)
 			item.NarHash = a.Hashes[i]
-			res, err = p.Publish(ctx, item)
-			if res.NarInfo != nil {
-				fileSize += res.NarInfo.FileSize
-			}
+			item.References = a.Refs[i]
+			items = append(items, item)
 		}
+		res, err := p.PublishClosure(ctx, items, 0)
+		if err != nil {
+			fmt.Println("ERR", err)
+			return 1
+		}
+		for _, r := range res {
+			fileSize += r.NarInfo.FileSize
+		}
+	}
+	for _, it := range a.Items {
+		if !a.Plain {
+			break
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(nar.Dump(pw, it.Dir)) }()
+		_, err = p.c.PutObject(ctx, a.Bucket, "plain/"+filepath.Base(it.StorePath), pr, -1, minio.PutObjectOptions{
+			PartSize: p.cfg.PartSize, NumThreads: uint(p.cfg.Concurrency), ConcurrentStreamParts: true, DisableContentSha256: true})
 		if err != nil {
 			fmt.Println("ERR", err)
 			return 1
@@ -77,20 +101,27 @@ func benchChild(arg string) int {
 	return 0
 }
 
-func benchClosure(b *testing.B) ([]testbed.ClosureItem, []string, int64) {
+func benchClosure(b *testing.B) ([]testbed.ClosureItem, []string, [][]string, int64) {
 	b.Helper()
 	items := testbed.LargeClosure(b)
+	var paths []string
+	for _, it := range items {
+		paths = append(paths, it.StorePath)
+	}
 	var total int64
 	var hashes []string
+	var refs [][]string
 	for _, it := range items {
-		h, n, err := nar.Hash(dumpReader(it.Dir))
-		if err != nil {
+		h := nar.NewHashingWriter()
+		scan := nar.NewRefScanner(paths) // what the daemon would have recorded
+		if _, err := io.Copy(io.MultiWriter(h, scan), dumpReader(it.Dir)); err != nil {
 			b.Fatal(err)
 		}
-		total += n
-		hashes = append(hashes, h)
+		total += h.Size()
+		hashes = append(hashes, h.Sum())
+		refs = append(refs, scan.Found())
 	}
-	return items, hashes, total
+	return items, hashes, refs, total
 }
 
 func dumpReader(dir string) io.Reader {
@@ -113,7 +144,7 @@ func runChild(b *testing.B, a benchArgs) (string, float64) {
 }
 
 func benchUpload(b *testing.B, plain bool) {
-	items, hashes, total := benchClosure(b)
+	items, hashes, refs, total := benchClosure(b)
 	m := testbed.StartMinIO(b)
 	var rss, ratio float64
 	b.SetBytes(total)
@@ -122,7 +153,7 @@ func benchUpload(b *testing.B, plain bool) {
 		b.StopTimer()
 		e := newEnvOn(b, m) // a fresh bucket: a republish would be a no-op
 		b.StartTimer()
-		out, r := runChild(b, benchArgs{Endpoint: m.URL, Bucket: e.bucket, AccessKey: m.AccessKey, SecretKey: m.SecretKey, Items: items, Hashes: hashes, Plain: plain})
+		out, r := runChild(b, benchArgs{Endpoint: m.URL, Bucket: e.bucket, AccessKey: m.AccessKey, SecretKey: m.SecretKey, Items: items, Hashes: hashes, Refs: refs, Plain: plain})
 		b.StopTimer()
 		rss = max(rss, r)
 		var fileSize float64
@@ -155,13 +186,13 @@ func BenchmarkPlainUpload1GiB(b *testing.B) { benchUpload(b, true) }
 // BenchmarkNixCopy1GiB: nix copy --to file://DIR?compression=zstd of the
 // same closure added to a nix-daemon store (the add is not timed).
 func BenchmarkNixCopy1GiB(b *testing.B) {
-	items, _, total := benchClosure(b)
+	items, _, _, total := benchClosure(b)
 	d := testbed.StartNixDaemon(b, testbed.NixOptions{NoSandbox: true})
 	var paths []string
 	for _, it := range items {
 		paths = append(paths, d.MustRun(b, "nix-store", "--add", it.Dir))
 	}
-	var rss float64
+	var rss, ratio float64
 	b.SetBytes(total)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -177,8 +208,21 @@ func BenchmarkNixCopy1GiB(b *testing.B) {
 			b.Fatalf("nix copy: %v\n%s", err, out)
 		}
 		rss = max(rss, float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)/1024)
+		var fileSize int64
+		nars, _ := filepath.Glob(filepath.Join(dir, "nar", "*.nar.zst"))
+		for _, n := range nars {
+			if fi, err := os.Stat(n); err == nil {
+				fileSize += fi.Size()
+			}
+		}
+		if fileSize > 0 {
+			ratio = float64(total) / float64(fileSize)
+		}
 		os.RemoveAll(dir)
 		b.StartTimer()
 	}
 	b.ReportMetric(rss, "peak-RSS-MiB")
+	if ratio > 0 {
+		b.ReportMetric(ratio, "zstd-ratio")
+	}
 }

@@ -171,6 +171,13 @@ func normalizeNarHash(h string) (string, error) {
 // leaves at most an unreferenced nar (for GC), never a narinfo without
 // its nar.
 func (p *Publisher) Publish(ctx context.Context, item StoreItem) (Result, error) {
+	return p.publish(ctx, item, nil)
+}
+
+// publish is Publish; beforeNarInfo, when set, runs after the nar is
+// verified and before the narinfo is written (PublishClosure waits there
+// for the item's references), and may fail the item.
+func (p *Publisher) publish(ctx context.Context, item StoreItem, beforeNarInfo func(context.Context) error) (Result, error) {
 	sp, err := p.dir.Parse(item.StorePath)
 	if err != nil {
 		return Result{}, fmt.Errorf("publish: %w", err)
@@ -247,6 +254,11 @@ func (p *Publisher) Publish(ctx context.Context, item StoreItem) (Result, error)
 		}
 	}
 	res.NarInfo = ni
+	if beforeNarInfo != nil {
+		if err := beforeNarInfo(ctx); err != nil {
+			return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
+		}
+	}
 	if p.beforeNarInfo != nil {
 		p.beforeNarInfo()
 	}
