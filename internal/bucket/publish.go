@@ -55,9 +55,7 @@ type StoreItem struct {
 // store mounted in the agent pod, or a test store's host path).
 func DiskItem(storePath, dir string) StoreItem {
 	return StoreItem{StorePath: storePath, Open: func(ctx context.Context) (io.ReadCloser, error) {
-		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(nar.Dump(pw, dir)) }()
-		return pr, nil
+		return nar.NewDumpReader(dir), nil // file contents read straight into the publisher's buffer
 	}}
 }
 
