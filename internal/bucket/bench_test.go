@@ -27,7 +27,9 @@ import (
 // (Nix's own binary-cache writer, which does not even upload). MB/s comes
 // from b.SetBytes (total NAR size); peak-RSS-MiB is the maximum resident
 // set of the publishing process (getrusage ru_maxrss of a child process
-// running only the publisher; for nix copy, of the nix client).
+// running only the publisher; for nix copy, of the nix client), cpu-s/op
+// its user + system CPU time (MinIO's and nix-daemon's are not counted),
+// zstd-ratio the NAR bytes over the compressed bytes.
 
 const benchChildEnv = "GUIXFARM_BUCKET_BENCH_CHILD"
 
@@ -130,9 +132,9 @@ func dumpReader(dir string) io.Reader {
 	return pr
 }
 
-// runChild runs the test binary as a publisher and returns its output and
-// peak RSS in MiB.
-func runChild(b *testing.B, a benchArgs) (string, float64) {
+// runChild runs the test binary as a publisher and returns its output,
+// peak RSS in MiB and CPU seconds (user + system).
+func runChild(b *testing.B, a benchArgs) (string, float64, float64) {
 	arg, _ := json.Marshal(a)
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), benchChildEnv+"="+string(arg))
@@ -140,22 +142,27 @@ func runChild(b *testing.B, a benchArgs) (string, float64) {
 	if err != nil || !strings.HasPrefix(string(out), "OK") {
 		b.Fatalf("publisher child: %v\n%s", err, out)
 	}
-	return strings.TrimSpace(string(out)), float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
+	return strings.TrimSpace(string(out)), float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024, cpuSeconds(cmd.ProcessState)
+}
+
+func cpuSeconds(ps *os.ProcessState) float64 {
+	return (ps.UserTime() + ps.SystemTime()).Seconds()
 }
 
 func benchUpload(b *testing.B, plain bool) {
 	items, hashes, refs, total := benchClosure(b)
 	m := testbed.StartMinIO(b)
-	var rss, ratio float64
+	var rss, ratio, cpu float64
 	b.SetBytes(total)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		e := newEnvOn(b, m) // a fresh bucket: a republish would be a no-op
 		b.StartTimer()
-		out, r := runChild(b, benchArgs{Endpoint: m.URL, Bucket: e.bucket, AccessKey: m.AccessKey, SecretKey: m.SecretKey, Items: items, Hashes: hashes, Refs: refs, Plain: plain})
+		out, r, c := runChild(b, benchArgs{Endpoint: m.URL, Bucket: e.bucket, AccessKey: m.AccessKey, SecretKey: m.SecretKey, Items: items, Hashes: hashes, Refs: refs, Plain: plain})
 		b.StopTimer()
 		rss = max(rss, r)
+		cpu += c
 		var fileSize float64
 		fmt.Sscanf(out, "OK %f", &fileSize)
 		if fileSize > 0 {
@@ -167,6 +174,7 @@ func benchUpload(b *testing.B, plain bool) {
 		b.StartTimer()
 	}
 	b.ReportMetric(rss, "peak-RSS-MiB")
+	b.ReportMetric(cpu/float64(b.N), "cpu-s/op")
 	if ratio > 0 {
 		b.ReportMetric(ratio, "zstd-ratio")
 	}
@@ -192,7 +200,7 @@ func BenchmarkNixCopy1GiB(b *testing.B) {
 	for _, it := range items {
 		paths = append(paths, d.MustRun(b, "nix-store", "--add", it.Dir))
 	}
-	var rss, ratio float64
+	var rss, ratio, cpu float64
 	b.SetBytes(total)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -208,6 +216,7 @@ func BenchmarkNixCopy1GiB(b *testing.B) {
 			b.Fatalf("nix copy: %v\n%s", err, out)
 		}
 		rss = max(rss, float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)/1024)
+		cpu += cpuSeconds(cmd.ProcessState)
 		var fileSize int64
 		nars, _ := filepath.Glob(filepath.Join(dir, "nar", "*.nar.zst"))
 		for _, n := range nars {
@@ -222,6 +231,7 @@ func BenchmarkNixCopy1GiB(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(rss, "peak-RSS-MiB")
+	b.ReportMetric(cpu/float64(b.N), "cpu-s/op")
 	if ratio > 0 {
 		b.ReportMetric(ratio, "zstd-ratio")
 	}
