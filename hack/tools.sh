@@ -23,6 +23,12 @@ log() { echo "hack/tools: $*" >&2; }
 stamp_ok() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]; }
 stamp() { echo "$2" > "$BIN/.$1.version"; }
 
+# tidy resolves a throwaway module quietly, showing go's output only when it fails.
+tidy() {
+  local out
+  out=$(go mod tidy 2>&1) || { echo "$out" >&2; log "go mod tidy failed in $PWD"; return 1; }
+}
+
 kube() {
   if stamp_ok kube-apiserver "$K8S_VERSION" && stamp_ok kubectl "$K8S_VERSION"; then return; fi
   log "building kube-apiserver and kubectl $K8S_VERSION (about 12 minutes cold)"
@@ -54,7 +60,7 @@ GO
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37 -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean -X $p.buildDate=$bd"
   done
-  (cd "$mod" && go mod tidy >/dev/null 2>&1 &&
+  (cd "$mod" && tidy &&
     go build -trimpath -ldflags "$ld" -o "$BIN/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
     go build -trimpath -ldflags "$ld" -o "$BIN/kubectl" k8s.io/kubernetes/cmd/kubectl)
   stamp kube-apiserver "$K8S_VERSION"; stamp kubectl "$K8S_VERSION"
@@ -86,7 +92,7 @@ package tools
 
 import _ "go.etcd.io/etcd/server/v3"
 GO
-  (cd "$mod" && go mod tidy >/dev/null 2>&1 &&
+  (cd "$mod" && tidy &&
     go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
   stamp etcd "$ETCD_VERSION"
 }
