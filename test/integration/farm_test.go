@@ -44,7 +44,10 @@ func TestFarm(t *testing.T) {
 		return farm.AgentSpec{Name: name, Pool: pool, Systems: systems, Slots: 2, TestDuration: 150 * time.Millisecond,
 			LeaseDuration: 3 * time.Second, Record: record}
 	}
-	victim := env.StartAgent(t, kc, ns, spec("agent-a", "x86", "x86_64-linux"))
+	// The victim's builds take long, so the kill lands mid-build rather than between two builds.
+	slow := spec("agent-a", "x86", "x86_64-linux")
+	slow.TestDuration = 3 * time.Second
+	victim := env.StartAgent(t, kc, ns, slow)
 	env.StartAgent(t, kc, ns, spec("agent-b", "x86", "x86_64-linux"))
 	env.StartAgent(t, kc, ns, spec("agent-c", "arm", "aarch64-linux"))
 
