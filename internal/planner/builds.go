@@ -193,7 +193,7 @@ func (p *Planner) updateBuild(bi int32, in Build, prio int32) {
 	}
 	p.relocate(bi)
 	if b := &p.builds[bi]; b.loc == locReady {
-		p.classes[b.class].heap.fix(p, b.heapPos) // created and agent are part of the key too
+		p.classes[b.class].heap.fix(b.heapPos) // created and agent are part of the key too
 	}
 	p.markDirty(bi)
 }
@@ -304,7 +304,7 @@ func (p *Planner) relocate(bi int32) {
 	c := p.classes[b.class]
 	switch want {
 	case locReady:
-		c.heap.push(p, bi)
+		c.heap.push(bi)
 	case locDeferred:
 		p.deferred.push(bi)
 	}
@@ -317,7 +317,7 @@ func (p *Planner) unplace(bi int32) {
 	b := &p.builds[bi]
 	switch b.loc {
 	case locReady:
-		p.classes[b.class].heap.remove(p, b.heapPos)
+		p.classes[b.class].heap.remove(b.heapPos)
 	case locDeferred:
 		p.deferred.remove(b.defPos)
 	}

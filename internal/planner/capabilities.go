@@ -82,7 +82,7 @@ func (p *Planner) classFor(system string, reqs []string) int32 {
 	if ci, ok := p.byClass[key]; ok {
 		return ci
 	}
-	c := &class{system: system, reqs: reqs, covers: make([]bool, len(p.groups))}
+	c := &class{system: system, reqs: reqs, covers: make([]bool, len(p.groups)), heap: buildHeap{o: byRank{p}}}
 	for gi, g := range p.groups {
 		if g.serves(c) {
 			c.covers[gi] = true

@@ -204,7 +204,7 @@ func (p *Planner) flushBatch() bool {
 	p.bulk = false
 	for _, c := range p.classes {
 		if c.stale {
-			c.heap.init(p)
+			c.heap.init()
 			c.stale = false
 		}
 	}
@@ -292,7 +292,7 @@ func (p *Planner) refreshKeys(ni int32) {
 				if c := p.classes[b.class]; p.bulk {
 					c.stale = true // flushBatch rebuilds the heap once
 				} else {
-					c.heap.fix(p, b.heapPos)
+					c.heap.fix(b.heapPos)
 				}
 			}
 		}

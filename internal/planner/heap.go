@@ -1,112 +1,40 @@
 package planner
 
-// buildHeap is a keyed binary heap of offerable builds, best first (Planner.better). Each
-// build knows its position (build.heapPos), so a key change is an O(log n) fix.
-type buildHeap struct{ items []int32 }
-
-func (h *buildHeap) set(p *Planner, i int, bi int32) {
-	h.items[i] = bi
-	p.builds[bi].heapPos = int32(i)
+// heapOrder is how a posHeap compares build indexes and where each build keeps its position, so
+// a key change is an O(log n) fix.
+type heapOrder interface {
+	less(a, b int32) bool
+	setPos(bi, pos int32)
 }
 
-// init restores the heap order of all items (after keys changed in bulk): O(n).
-func (h *buildHeap) init(p *Planner) {
-	for i, bi := range h.items {
-		p.builds[bi].heapPos = int32(i)
-	}
-	for i := len(h.items)/2 - 1; i >= 0; i-- {
-		h.down(p, i)
-	}
-}
-
-func (h *buildHeap) push(p *Planner, bi int32) {
-	h.items = append(h.items, bi)
-	p.builds[bi].heapPos = int32(len(h.items) - 1)
-	h.up(p, len(h.items)-1)
-}
-
-func (h *buildHeap) remove(p *Planner, pos int32) {
-	i := int(pos)
-	last := len(h.items) - 1
-	bi := h.items[i]
-	if i != last {
-		h.set(p, i, h.items[last])
-	}
-	h.items = h.items[:last]
-	p.builds[bi].heapPos = -1
-	if i != last {
-		h.fix(p, int32(i))
-	}
-}
-
-func (h *buildHeap) fix(p *Planner, pos int32) {
-	if !h.down(p, int(pos)) {
-		h.up(p, int(pos))
-	}
-}
-
-func (h *buildHeap) up(p *Planner, i int) {
-	x := h.items[i]
-	for i > 0 {
-		parent := (i - 1) / 2
-		if !p.better(x, h.items[parent]) {
-			break
-		}
-		h.set(p, i, h.items[parent])
-		i = parent
-	}
-	h.set(p, i, x)
-}
-
-func (h *buildHeap) down(p *Planner, i0 int) bool {
-	n := len(h.items)
-	i := i0
-	x := h.items[i]
-	for {
-		l := 2*i + 1
-		if l >= n {
-			break
-		}
-		c := l
-		if r := l + 1; r < n && p.better(h.items[r], h.items[l]) {
-			c = r
-		}
-		if !p.better(h.items[c], x) {
-			break
-		}
-		h.set(p, i, h.items[c])
-		i = c
-	}
-	h.set(p, i, x)
-	return i > i0
-}
-
-// defHeap orders deferred builds by NotBefore (build.defPos).
-type defHeap struct {
-	p     *Planner
+// posHeap is a binary heap of build indexes that knows every item's position.
+type posHeap[O heapOrder] struct {
+	o     O
 	items []int32
 }
 
-func (h *defHeap) less(a, b int32) bool {
-	x, y := &h.p.builds[a], &h.p.builds[b]
-	if x.notBefore != y.notBefore {
-		return x.notBefore < y.notBefore
-	}
-	return a < b
-}
-
-func (h *defHeap) set(i int, bi int32) {
+func (h *posHeap[O]) set(i int, bi int32) {
 	h.items[i] = bi
-	h.p.builds[bi].defPos = int32(i)
+	h.o.setPos(bi, int32(i))
 }
 
-func (h *defHeap) push(bi int32) {
+// init restores the heap order of all items (after keys changed in bulk): O(n).
+func (h *posHeap[O]) init() {
+	for i, bi := range h.items {
+		h.o.setPos(bi, int32(i))
+	}
+	for i := len(h.items)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+func (h *posHeap[O]) push(bi int32) {
 	h.items = append(h.items, bi)
 	h.set(len(h.items)-1, bi)
 	h.up(len(h.items) - 1)
 }
 
-func (h *defHeap) remove(pos int32) {
+func (h *posHeap[O]) remove(pos int32) {
 	i := int(pos)
 	last := len(h.items) - 1
 	bi := h.items[i]
@@ -114,23 +42,23 @@ func (h *defHeap) remove(pos int32) {
 		h.set(i, h.items[last])
 	}
 	h.items = h.items[:last]
-	h.p.builds[bi].defPos = -1
+	h.o.setPos(bi, -1)
 	if i != last {
 		h.fix(int32(i))
 	}
 }
 
-func (h *defHeap) fix(pos int32) {
+func (h *posHeap[O]) fix(pos int32) {
 	if !h.down(int(pos)) {
 		h.up(int(pos))
 	}
 }
 
-func (h *defHeap) up(i int) {
+func (h *posHeap[O]) up(i int) {
 	x := h.items[i]
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !h.less(x, h.items[parent]) {
+		if !h.o.less(x, h.items[parent]) {
 			break
 		}
 		h.set(i, h.items[parent])
@@ -139,7 +67,7 @@ func (h *defHeap) up(i int) {
 	h.set(i, x)
 }
 
-func (h *defHeap) down(i0 int) bool {
+func (h *posHeap[O]) down(i0 int) bool {
 	n := len(h.items)
 	i := i0
 	x := h.items[i]
@@ -149,10 +77,10 @@ func (h *defHeap) down(i0 int) bool {
 			break
 		}
 		c := l
-		if r := l + 1; r < n && h.less(h.items[r], h.items[l]) {
+		if r := l + 1; r < n && h.o.less(h.items[r], h.items[l]) {
 			c = r
 		}
-		if !h.less(h.items[c], x) {
+		if !h.o.less(h.items[c], x) {
 			break
 		}
 		h.set(i, h.items[c])
@@ -161,3 +89,27 @@ func (h *defHeap) down(i0 int) bool {
 	h.set(i, x)
 	return i > i0
 }
+
+// byRank orders a class's offerable builds best first (Planner.better), at build.heapPos.
+type byRank struct{ p *Planner }
+
+func (o byRank) less(a, b int32) bool { return o.p.better(a, b) }
+func (o byRank) setPos(bi, pos int32) { o.p.builds[bi].heapPos = pos }
+
+// byNotBefore orders deferred builds by NotBefore, at build.defPos.
+type byNotBefore struct{ p *Planner }
+
+func (o byNotBefore) less(a, b int32) bool {
+	x, y := &o.p.builds[a], &o.p.builds[b]
+	if x.notBefore != y.notBefore {
+		return x.notBefore < y.notBefore
+	}
+	return a < b
+}
+func (o byNotBefore) setPos(bi, pos int32) { o.p.builds[bi].defPos = pos }
+
+// buildHeap is a class's heap of offerable builds; defHeap the heap of deferred builds.
+type (
+	buildHeap = posHeap[byRank]
+	defHeap   = posHeap[byNotBefore]
+)

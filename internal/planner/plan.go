@@ -41,7 +41,7 @@ func (p *Planner) Plan(now time.Time) Plan {
 			held := b.agent != ""
 			b.agent = name
 			if !held {
-				p.classes[b.class].heap.fix(p, b.heapPos)
+				p.classes[b.class].heap.fix(b.heapPos)
 			}
 		}
 	}
@@ -55,7 +55,7 @@ func (p *Planner) Plan(now time.Time) Plan {
 			withdrawn = append(withdrawn, Allocation{Key: b.key, Priority: b.eff})
 			b.agent = ""
 			if b.loc == locReady {
-				p.classes[b.class].heap.fix(p, b.heapPos)
+				p.classes[b.class].heap.fix(b.heapPos)
 			}
 			delete(set, bi)
 		}

@@ -197,7 +197,7 @@ func New(o Options) *Planner {
 		byGroup: map[string]int32{},
 		pools:   map[string]int32{},
 	}
-	p.deferred.p = p
+	p.deferred.o = byNotBefore{p}
 	p.batchMin = 256
 	return p
 }
