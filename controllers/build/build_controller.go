@@ -81,7 +81,8 @@ func (r *Reconciler) Notify(k planner.BuildKey) {
 
 // Reconcile brings one Build forward.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	log := ctrl.LoggerFrom(ctx)
+	log := ctrl.LoggerFrom(ctx).WithValues("build", req.NamespacedName.String())
+	ctx = ctrl.LoggerInto(ctx, log)
 	key := buildKey(req.NamespacedName)
 	b := &farmv1.Build{}
 	if err := r.Client.Get(ctx, req.NamespacedName, b); err != nil {
@@ -107,6 +108,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{RequeueAfter: conflictRequeue}, nil
 		}
 		return ctrl.Result{}, perr
+	}
+	if before.Status.Phase != b.Status.Phase {
+		agent := ""
+		if b.Status.Allocation != nil {
+			agent = b.Status.Allocation.Agent
+		}
+		log.V(1).Info("Moved build", "from", before.Status.Phase, "to", b.Status.Phase, "agent", agent)
 	}
 	if b.Status.Allocation != nil {
 		r.Loop.Written(key, b.Status.Allocation.Agent)

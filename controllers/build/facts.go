@@ -32,6 +32,7 @@ func (r *Reconciler) reconcileFacts(ctx context.Context, s *scope) (ctrl.Result,
 		case errors.Is(err, drvsource.ErrInvalid):
 			reason = "Invalid"
 		}
+		s.log.Info("Cannot read the derivation; will retry", "derivation", b.Spec.Derivation, "reason", reason, "error", err.Error())
 		conditions.Set(&b.Status.Conditions, b.Generation, s.now, farmv1.BuildConditionDerivationReadable,
 			metav1.ConditionFalse, reason, "Reading spec.derivation: "+err.Error())
 		if b.Status.Phase == "" {

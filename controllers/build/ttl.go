@@ -27,6 +27,7 @@ func (r *Reconciler) reconcileTTL(ctx context.Context, b *farmv1.Build, now time
 	if wait := finished.Add(ttl).Sub(now); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
+	ctrl.LoggerFrom(ctx).V(1).Info("Deleting finished build: TTL passed", "ttl", ttl)
 	// The UID precondition makes sure we delete the Build we looked at, not a new one of that name.
 	err := r.Client.Delete(ctx, b, client.Preconditions{UID: &b.UID, ResourceVersion: &b.ResourceVersion})
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
