@@ -90,6 +90,20 @@ func (p *parser) listNext(first bool) (bool, error) {
 	return false, p.errorf(p.pos, "',' or ']'", p.found())
 }
 
+// list reads the elements of a list whose '[' was consumed, up to its ']'; first tells elem
+// whether it reads the first element (ordering checks need a predecessor).
+func (p *parser) list(elem func(first bool) error) error {
+	for first := true; ; first = false {
+		more, err := p.listNext(first)
+		if err != nil || !more {
+			return err
+		}
+		if err := elem(first); err != nil {
+			return err
+		}
+	}
+}
+
 // str reads a quoted string.
 func (p *parser) str(what string) (string, error) {
 	start := p.pos
@@ -190,59 +204,56 @@ func (p *parser) derivation() (*Derivation, error) {
 		return nil, err
 	}
 	// Outputs.
-	for first := true; ; first = false {
-		more, err := p.listNext(first)
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			break
-		}
+	if err := p.list(func(first bool) error {
+		var err error
 		var o Output
 		if err := p.expect("("); err != nil {
-			return nil, err
+			return err
 		}
 		at := p.pos
 		if o.Name, err = p.str("output name"); err != nil {
-			return nil, err
+			return err
 		}
 		if err := storepath.ValidateName(o.Name); err != nil {
-			return nil, p.errorf(at, "an output name", err.Error())
+			return p.errorf(at, "an output name", err.Error())
 		}
 		if !first {
 			if err := p.ordered(at, "output names", d.Outputs[len(d.Outputs)-1].Name, o.Name, false); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if err := p.expect(","); err != nil {
-			return nil, err
+			return err
 		}
 		if o.Path, err = p.storePath("output path", false, true); err != nil {
-			return nil, err
+			return err
 		}
 		if err := p.expect(","); err != nil {
-			return nil, err
+			return err
 		}
 		at = p.pos
 		if o.HashAlgo, err = p.str("output hash algorithm"); err != nil {
-			return nil, err
+			return err
 		}
 		if err := p.expect(","); err != nil {
-			return nil, err
+			return err
 		}
 		hat := p.pos
 		if o.Hash, err = p.str("output hash"); err != nil {
-			return nil, err
+			return err
 		}
 		if badAlgo, want := checkHash(o.HashAlgo, o.Hash); badAlgo {
-			return nil, p.errorf(at, "a hash algorithm: empty or [r:|text:]md5|sha1|sha256|sha512", strconv.Quote(o.HashAlgo))
+			return p.errorf(at, "a hash algorithm: empty or [r:|text:]md5|sha1|sha256|sha512", strconv.Quote(o.HashAlgo))
 		} else if want != "" {
-			return nil, p.errorf(hat, "an output hash: "+want, strconv.Quote(o.Hash))
+			return p.errorf(hat, "an output hash: "+want, strconv.Quote(o.Hash))
 		}
 		if err := p.expect(")"); err != nil {
-			return nil, err
+			return err
 		}
 		d.Outputs = append(d.Outputs, o)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	if len(d.Outputs) == 0 {
 		return nil, p.errorf(p.pos-1, "at least one output", "an empty output list")
@@ -251,81 +262,70 @@ func (p *parser) derivation() (*Derivation, error) {
 		return nil, err
 	}
 	// Input derivations.
-	for first := true; ; first = false {
-		more, err := p.listNext(first)
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			break
-		}
+	if err := p.list(func(first bool) error {
+		var err error
 		var in InputDrv
 		if err := p.expect("("); err != nil {
-			return nil, err
+			return err
 		}
 		at := p.pos
 		if in.Path, err = p.storePath("input derivation path", true, false); err != nil {
-			return nil, err
+			return err
 		}
 		if !first {
 			if err := p.ordered(at, "input derivations", d.InputDrvs[len(d.InputDrvs)-1].Path, in.Path, false); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if err := p.expect(",["); err != nil {
-			return nil, err
+			return err
 		}
-		for ofirst := true; ; ofirst = false {
-			more, err := p.listNext(ofirst)
-			if err != nil {
-				return nil, err
-			}
-			if !more {
-				break
-			}
+		if err := p.list(func(ofirst bool) error {
 			oat := p.pos
 			o, err := p.str("input output name")
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if err := storepath.ValidateName(o); err != nil {
-				return nil, p.errorf(oat, "an output name", err.Error())
+				return p.errorf(oat, "an output name", err.Error())
 			}
 			if !ofirst {
 				if err := p.ordered(oat, "input output names", in.Outputs[len(in.Outputs)-1], o, false); err != nil {
-					return nil, err
+					return err
 				}
 			}
 			in.Outputs = append(in.Outputs, o)
+			return nil
+		}); err != nil {
+			return err
 		}
 		if err := p.expect(")"); err != nil {
-			return nil, err
+			return err
 		}
 		d.InputDrvs = append(d.InputDrvs, in)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	if err := p.expect(",["); err != nil {
 		return nil, err
 	}
 	// Input sources.
-	for first := true; ; first = false {
-		more, err := p.listNext(first)
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			break
-		}
+	if err := p.list(func(first bool) error {
 		at := p.pos
 		s, err := p.storePath("input source path", false, false)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !first {
 			if err := p.ordered(at, "input sources", d.InputSrcs[len(d.InputSrcs)-1], s, false); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		d.InputSrcs = append(d.InputSrcs, s)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	if err := p.expect(","); err != nil {
 		return nil, err
@@ -347,54 +347,47 @@ func (p *parser) derivation() (*Derivation, error) {
 	if err := p.expect(",["); err != nil {
 		return nil, err
 	}
-	for first := true; ; first = false {
-		more, err := p.listNext(first)
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			break
-		}
+	if err := p.list(func(first bool) error {
 		a, err := p.str("builder argument")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		d.Args = append(d.Args, a)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	if err := p.expect(",["); err != nil {
 		return nil, err
 	}
-	for first := true; ; first = false {
-		more, err := p.listNext(first)
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			break
-		}
+	if err := p.list(func(first bool) error {
+		var err error
 		var e EnvVar
 		if err := p.expect("("); err != nil {
-			return nil, err
+			return err
 		}
 		at := p.pos
 		if e.Key, err = p.str("environment variable name"); err != nil {
-			return nil, err
+			return err
 		}
 		if !first {
 			if err := p.ordered(at, "environment variables", d.Env[len(d.Env)-1].Key, e.Key, false); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if err := p.expect(","); err != nil {
-			return nil, err
+			return err
 		}
 		if e.Value, err = p.str("environment variable value"); err != nil {
-			return nil, err
+			return err
 		}
 		if err := p.expect(")"); err != nil {
-			return nil, err
+			return err
 		}
 		d.Env = append(d.Env, e)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	if err := p.expect(")"); err != nil {
 		return nil, err
