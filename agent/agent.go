@@ -82,6 +82,10 @@ type Agent struct {
 
 	mu      sync.Mutex
 	running map[types.UID]*inflight
+	// finished holds the attempt number of each attempt this process reported, until the cache
+	// catches up: a lagging cache still shows such a build as ours (or not yet claimed), and acting
+	// on that copy would only cost a conflicting write.
+	finished map[types.UID]int32
 }
 
 type inflight struct {
@@ -99,7 +103,8 @@ func New(cfg Config, cl client.Client, c cache.Cache, b Builder, clk clock.WithT
 		m = NewMetrics(nil)
 	}
 	return &Agent{cfg: cfg, client: cl, cache: c, builder: b, clock: clk, log: log.WithValues("agent", cfg.Name),
-		metrics: m, wake: make(chan struct{}, 1), leaseWake: make(chan struct{}, 1), running: map[types.UID]*inflight{}}, nil
+		metrics: m, wake: make(chan struct{}, 1), leaseWake: make(chan struct{}, 1), running: map[types.UID]*inflight{},
+		finished: map[types.UID]int32{}}, nil
 }
 
 // CacheOptions narrows the agent's Build cache to the Builds allocated to it.
@@ -167,10 +172,12 @@ func (a *Agent) step(ctx context.Context) {
 	}
 	now := a.clock.Now()
 	var offers []*farmv1.Build
+	a.pruneFinished(list.Items)
 	for i := range list.Items {
 		b := &list.Items[i]
 		run := a.inflight(b.UID)
 		switch {
+		case run == nil && a.stale(b):
 		case run != nil && (b.Spec.Canceled || b.Status.Phase.Finished() ||
 			(b.Status.Attempt != nil && b.Status.Attempt.Agent != a.cfg.Name)):
 			// Canceled, or taken from us (declared lost while partitioned): stop the work.
@@ -206,6 +213,35 @@ func (a *Agent) inflight(uid types.UID) *inflight {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.running[uid]
+}
+
+// stale says whether b is a cached copy from before this process reported its attempt.
+func (a *Agent) stale(b *farmv1.Build) bool {
+	a.mu.Lock()
+	n, ok := a.finished[b.UID]
+	a.mu.Unlock()
+	return ok && (b.Status.AttemptCount < n || b.Status.AttemptCount == n && lifecycle.Holds(b, a.cfg.Name))
+}
+
+// pruneFinished forgets reported attempts once the cache shows them done or the Build is gone.
+func (a *Agent) pruneFinished(cached []farmv1.Build) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.finished) == 0 {
+		return
+	}
+	keep := make(map[types.UID]bool, len(a.finished))
+	for i := range cached {
+		b := &cached[i]
+		if n, ok := a.finished[b.UID]; ok && (b.Status.AttemptCount < n || lifecycle.Holds(b, a.cfg.Name)) {
+			keep[b.UID] = true
+		}
+	}
+	for uid := range a.finished {
+		if !keep[uid] {
+			delete(a.finished, uid)
+		}
+	}
 }
 
 func (a *Agent) free() int {
@@ -257,6 +293,7 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 	defer func() {
 		a.mu.Lock()
 		delete(a.running, b.UID)
+		a.finished[b.UID] = b.Status.AttemptCount
 		a.mu.Unlock()
 		close(run.done)
 		a.kickLease()

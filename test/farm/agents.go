@@ -96,6 +96,16 @@ func (e *Env) StartAgent(t testing.TB, kubeconfig, namespace string, s AgentSpec
 	return p
 }
 
+// Log returns what the agent has logged so far.
+func (p *AgentProcess) Log(t testing.TB) string {
+	t.Helper()
+	data, err := os.ReadFile(p.log.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
 // Kill sends SIGKILL: no release, no Lease deletion; the controller must notice the loss.
 func (p *AgentProcess) Kill() {
 	_ = p.Cmd.Process.Signal(syscall.SIGKILL)

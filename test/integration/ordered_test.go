@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,9 +62,10 @@ func TestDerivationOrdered(t *testing.T) {
 	if err := env.Client.Create(ctx, ttl); err != nil {
 		t.Fatal(err)
 	}
+	var agents []*farm.AgentProcess
 	for i := range 2 {
-		env.StartAgent(t, kc, ns, farm.AgentSpec{Name: fmt.Sprintf("ord-%d", i), Systems: []string{sys}, Slots: 2,
-			TestDuration: 100 * time.Millisecond, LeaseDuration: 5 * time.Second, Record: record})
+		agents = append(agents, env.StartAgent(t, kc, ns, farm.AgentSpec{Name: fmt.Sprintf("ord-%d", i),
+			Systems: []string{sys}, Slots: 2, TestDuration: 100 * time.Millisecond, LeaseDuration: 5 * time.Second, Record: record}))
 	}
 	waitFor(t, 2*time.Minute, "the DAG to build", func() (bool, string) {
 		bs := listBuilds(t, ns)
@@ -74,16 +76,25 @@ func TestDerivationOrdered(t *testing.T) {
 		t.Errorf("build with ttlSecondsAfterFinished=1 still there after it finished: %v", err)
 	}
 
+	// Nothing is lost here, so no agent ever acts on a stale cached copy of a build it reported.
+	for _, a := range agents {
+		if log := a.Log(t); strings.Contains(log, "no longer ours") {
+			t.Errorf("agent %s acted on a build it had already reported (a stale cache copy)", a.Name)
+		}
+	}
+
 	recs, err := testbuilder.ReadRecords(record)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A derivation's outputs exist from its earliest successful end: boot0 is built twice (n00 and
+	// ttl), and boot1 may rightly start between the two.
 	start, end := map[string]time.Time{}, map[string]time.Time{}
 	for _, r := range recs {
 		switch {
-		case r.Event == "start" && start[r.Drv].IsZero():
+		case r.Event == "start" && (start[r.Drv].IsZero() || r.Time.Before(start[r.Drv])):
 			start[r.Drv] = r.Time
-		case r.Event == "end" && r.Result == "succeeded":
+		case r.Event == "end" && r.Result == "succeeded" && (end[r.Drv].IsZero() || r.Time.Before(end[r.Drv])):
 			end[r.Drv] = r.Time
 		}
 	}
