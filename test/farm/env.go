@@ -110,6 +110,8 @@ type ControllerOptions struct {
 	// Facts replaces the drv directory as the derivation source; Outputs checks the bucket.
 	Facts   build.FactsSource
 	Outputs build.OutputChecker
+	// Metrics, when set, receives the controller's metrics (a test reads them back).
+	Metrics *metrics.Metrics
 }
 
 // StartController runs the farm's controllers in-process, watching namespace, reading .drv files
@@ -136,10 +138,14 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 	if facts == nil {
 		facts = drvsource.NewFactsCache(drvsource.NewDir(drvDir, ""), 10000)
 	}
+	m := o.Metrics
+	if m == nil {
+		m = metrics.New(nil)
+	}
 	loop, err := controllers.Setup(ctx, mgr, controllers.Options{
 		Strategy: o.Strategy, Facts: facts, Outputs: o.Outputs,
 		BuildTTL: o.BuildTTL, PlanDebounce: 10 * time.Millisecond, BuildWorkers: 16, AgentGrace: 500 * time.Millisecond,
-		Clock: clock.RealClock{}, Metrics: metrics.New(nil), Log: log,
+		Clock: clock.RealClock{}, Metrics: m, Log: log,
 	})
 	if err != nil {
 		cancel()
