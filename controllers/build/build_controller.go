@@ -7,6 +7,7 @@ package build
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -55,6 +56,13 @@ type Reconciler struct {
 	MaxConcurrentReconciles int
 
 	planned chan event.TypedGenericEvent[*farmv1.Build]
+
+	// wroteFrom holds, per Build, the resourceVersion our last status write was based on, until the
+	// cache moves past it. A reconcile that still reads that version (a planner notification
+	// racing our own write's watch event) would only lose a conflicting write; the watch event
+	// brings the Build back anyway.
+	mu        sync.Mutex
+	wroteFrom map[types.NamespacedName]string
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
@@ -88,9 +96,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.Client.Get(ctx, req.NamespacedName, b); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Loop.Forget(key)
+			r.behindOwnWrite(req.NamespacedName, "")
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
+	}
+	if r.behindOwnWrite(req.NamespacedName, b.ResourceVersion) {
+		return ctrl.Result{}, nil
 	}
 	if b.Status.Phase.Finished() {
 		r.Loop.Forget(key)
@@ -109,6 +121,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, perr
 	}
+	if !equalStatus(before, b) {
+		r.wrote(req.NamespacedName, before.ResourceVersion)
+	}
 	if before.Status.Phase != b.Status.Phase {
 		agent := ""
 		if b.Status.Allocation != nil {
@@ -122,6 +137,31 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		r.Loop.Written(key, "")
 	}
 	return res, err
+}
+
+// behindOwnWrite says whether the cached version rv predates our last status write of n; once the
+// cache has moved on, it forgets the write.
+func (r *Reconciler) behindOwnWrite(n types.NamespacedName, rv string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	from, ok := r.wroteFrom[n]
+	if ok && from == rv {
+		return true
+	}
+	if ok {
+		delete(r.wroteFrom, n)
+	}
+	return false
+}
+
+// wrote records that a status write of n based on version rv succeeded.
+func (r *Reconciler) wrote(n types.NamespacedName, rv string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.wroteFrom == nil {
+		r.wroteFrom = map[types.NamespacedName]string{}
+	}
+	r.wroteFrom[n] = rv
 }
 
 // conflictRequeue is the fallback retry after losing a status write to a concurrent writer.

@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/planner"
@@ -101,6 +102,33 @@ func TestSetWait(t *testing.T) {
 			}
 			if c := meta.FindStatusCondition(b.Status.Conditions, farmv1.BuildConditionSchedulable); c != nil && c.Reason != string(planner.NoAgentForSystem) {
 				t.Errorf("Schedulable reason %q", c.Reason)
+			}
+		})
+	}
+}
+
+func TestBehindOwnWrite(t *testing.T) {
+	n := types.NamespacedName{Namespace: "ns", Name: "b"}
+	cases := map[string]struct {
+		wrote     string // version our last write was based on; "" for no write
+		cached    []string
+		wantStale []bool
+	}{
+		"no write":                         {cached: []string{"5"}, wantStale: []bool{false}},
+		"cache still at the pre-write one": {wrote: "5", cached: []string{"5", "5"}, wantStale: []bool{true, true}},
+		"cache caught up, then forgotten":  {wrote: "5", cached: []string{"7", "5"}, wantStale: []bool{false, false}},
+		"deleted":                          {wrote: "5", cached: []string{"", "5"}, wantStale: []bool{false, false}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			r := &Reconciler{}
+			if tc.wrote != "" {
+				r.wrote(n, tc.wrote)
+			}
+			for i, rv := range tc.cached {
+				if got := r.behindOwnWrite(n, rv); got != tc.wantStale[i] {
+					t.Errorf("read %d (version %q): behind = %v, want %v", i, rv, got, tc.wantStale[i])
+				}
 			}
 		})
 	}
