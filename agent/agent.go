@@ -178,6 +178,7 @@ func (a *Agent) step(ctx context.Context) {
 		run := a.inflight(b.UID)
 		switch {
 		case run == nil && a.stale(b):
+			// A copy from before our own report: the cache has not caught up yet.
 		case run != nil && (b.Spec.Canceled || b.Status.Phase.Finished() ||
 			(b.Status.Attempt != nil && b.Status.Attempt.Agent != a.cfg.Name)):
 			// Canceled, or taken from us (declared lost while partitioned): stop the work.
@@ -218,8 +219,14 @@ func (a *Agent) inflight(uid types.UID) *inflight {
 // stale says whether b is a cached copy from before this process reported its attempt.
 func (a *Agent) stale(b *farmv1.Build) bool {
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.staleLocked(b)
+}
+
+// staleLocked is stale with a.mu held: the copy is from before our claim of the reported attempt,
+// or shows that attempt still running on us.
+func (a *Agent) staleLocked(b *farmv1.Build) bool {
 	n, ok := a.finished[b.UID]
-	a.mu.Unlock()
 	return ok && (b.Status.AttemptCount < n || b.Status.AttemptCount == n && lifecycle.Holds(b, a.cfg.Name))
 }
 
@@ -232,9 +239,8 @@ func (a *Agent) pruneFinished(cached []farmv1.Build) {
 	}
 	keep := make(map[types.UID]bool, len(a.finished))
 	for i := range cached {
-		b := &cached[i]
-		if n, ok := a.finished[b.UID]; ok && (b.Status.AttemptCount < n || lifecycle.Holds(b, a.cfg.Name)) {
-			keep[b.UID] = true
+		if a.staleLocked(&cached[i]) {
+			keep[cached[i].UID] = true
 		}
 	}
 	for uid := range a.finished {

@@ -96,7 +96,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.Client.Get(ctx, req.NamespacedName, b); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Loop.Forget(key)
-			r.behindOwnWrite(req.NamespacedName, "")
+			r.forgetWrite(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -144,14 +144,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 func (r *Reconciler) behindOwnWrite(n types.NamespacedName, rv string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	from, ok := r.wroteFrom[n]
-	if ok && from == rv {
+	if from, ok := r.wroteFrom[n]; ok && from == rv {
 		return true
 	}
-	if ok {
-		delete(r.wroteFrom, n)
-	}
+	delete(r.wroteFrom, n)
 	return false
+}
+
+// forgetWrite drops the record of n's last write (the Build is gone).
+func (r *Reconciler) forgetWrite(n types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.wroteFrom, n)
 }
 
 // wrote records that a status write of n based on version rv succeeded.
