@@ -612,11 +612,11 @@ func TestBothSignatures(t *testing.T) {
 func TestNarInfoPutIsConditional(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	created, err := e.pub.putNarInfo(ctx, "x.narinfo", []byte("first"))
+	created, err := e.pub.putNarInfo(ctx, "x.narinfo", []byte("first"), "")
 	if err != nil || !created {
 		t.Fatalf("first PUT: %v, %v", created, err)
 	}
-	created, err = e.pub.putNarInfo(ctx, "x.narinfo", []byte("second"))
+	created, err = e.pub.putNarInfo(ctx, "x.narinfo", []byte("second"), "")
 	if err != nil || created {
 		t.Fatalf("second PUT: created %v, %v", created, err)
 	}

@@ -40,7 +40,7 @@ func TestClosureOrder(t *testing.T) {
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			order, _, err := closureOrder(c.items)
+			order, _, _, err := closureOrder(c.items)
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
 					t.Fatalf("error %v, want %q", err, c.err)

@@ -203,19 +203,43 @@ func NewClient(c Config) (*minio.Client, error) {
 // maxSmallObject bounds what getSmall reads: a narinfo is about 1 KiB.
 const maxSmallObject = 1 << 20
 
-// getSmall reads a small object (a narinfo) whole, retrying transient errors.
-func getSmall(ctx context.Context, c *minio.Client, cfg Config, log logr.Logger, key string) ([]byte, error) {
+// getSmall reads a small object (a narinfo) whole, retrying transient
+// errors, and returns it with its ETag.
+func getSmall(ctx context.Context, c *minio.Client, cfg Config, log logr.Logger, key string) ([]byte, string, error) {
 	var data []byte
+	var etag string
 	_, err := retry(ctx, cfg.Retry, log, "get "+key, func(ctx context.Context) error {
 		obj, err := c.GetObject(ctx, cfg.Bucket, key, minio.GetObjectOptions{})
 		if err != nil {
 			return err
 		}
 		defer obj.Close()
+		st, err := obj.Stat() // makes the request: a missing key fails here
+		if err != nil {
+			return err
+		}
+		etag = st.ETag
 		data, err = io.ReadAll(io.LimitReader(obj, maxSmallObject))
 		return err
 	})
-	return data, err
+	return data, etag, err
+}
+
+// exists reports whether key exists (a HEAD), retrying transient errors.
+func exists(ctx context.Context, c *minio.Client, cfg Config, log logr.Logger, key string) (bool, error) {
+	present := false
+	_, err := retry(ctx, cfg.Retry, log, "stat "+key, func(ctx context.Context) error {
+		_, err := c.StatObject(ctx, cfg.Bucket, key, minio.StatObjectOptions{})
+		present = err == nil
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return false, explain(err, cfg.Endpoint, cfg.Bucket, key)
+	}
+	return present, nil
 }
 
 // permanentError marks an error retrying cannot fix (bad input).

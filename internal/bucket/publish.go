@@ -4,13 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"path"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 
@@ -31,17 +32,22 @@ type StoreItem struct {
 	// StorePath is the full path, e.g. /gnu/store/<hash>-hello.
 	StorePath string
 	// References are store paths or base names the item refers to
-	// (itself included if it does), as the daemon reports them.
+	// (itself included if it does), as the daemon reports them. Each one
+	// but the item itself must have a narinfo in the bucket, or be in the
+	// same PublishClosure batch.
 	References []string
 	// ScanReferences, when set, are candidate store paths: those whose hash
 	// part occurs in the NAR are added to References (Nix's scan).
 	ScanReferences []string
-	// Deriver is the .drv path or base name, if known.
+	// Deriver is the .drv path or base name, if known. Anything else (Nix's
+	// "unknown-deriver", a path of another store) is left out of the
+	// narinfo.
 	Deriver string
 	System  string
 	CA      string
-	// NarHash ("sha256:<nixbase32>", "sha256:<hex>" or bare hex, as the
-	// daemon reports it) and NarSize, if known. When NarHash is empty the
+	// NarHash ("sha256:<nixbase32>", "sha256:<hex>", bare hex, or SRI
+	// "sha256-<base64>", as the daemon or nix path-info reports it) and
+	// NarSize, if known. When NarHash is empty the
 	// publisher reads the NAR twice: once to hash it (its object name is
 	// the NarHash), once to upload it.
 	NarHash string
@@ -64,9 +70,13 @@ type Result struct {
 	NarInfo    *narinfo.NarInfo
 	NarInfoKey string
 	NarKey     string
-	// AlreadyPresent: the narinfo was there with the same NarHash, so
-	// nothing was uploaded.
+	// AlreadyPresent: the narinfo was there with the same NarHash, and its
+	// nar too, so nothing was uploaded.
 	AlreadyPresent bool
+	// Repaired: the narinfo was there with the same NarHash but its nar
+	// was gone; the nar was uploaded again and the narinfo rewritten to
+	// point at it.
+	Repaired bool
 	// Attempts of the upload (1 without retries).
 	Attempts int
 }
@@ -142,12 +152,18 @@ func NarKey(kind, narHash string) string {
 	return "nar/" + kind + "/" + strings.TrimPrefix(narHash, "sha256:") + ".nar" + compress.Extension(kind)
 }
 
-// LogKey is the object name of a derivation's build log.
-func LogKey(drvPath string) string { return "log/" + path.Base(drvPath) }
-
 // normalizeNarHash turns the forms a daemon or narinfo uses into
-// "sha256:<nixbase32>".
+// "sha256:<nixbase32>": "sha256:<nixbase32>", "sha256:<hex>", bare hex, and
+// SRI "sha256-<base64>" (what `nix path-info --json` prints since Nix 2.4).
 func normalizeNarHash(h string) (string, error) {
+	if b64, ok := strings.CutPrefix(h, "sha256-"); ok {
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding} {
+			if b, err := enc.DecodeString(b64); err == nil && len(b) == sha256.Size {
+				return nar.FormatHash(b), nil
+			}
+		}
+		return "", fmt.Errorf("NarHash %q: SRI form, but not the base64 of 32 bytes", h)
+	}
 	s := strings.TrimPrefix(h, "sha256:")
 	switch len(s) {
 	case 64:
@@ -160,28 +176,70 @@ func normalizeNarHash(h string) (string, error) {
 			return "sha256:" + s, nil
 		}
 	}
-	return "", fmt.Errorf("NarHash %q is neither sha256:<52 nixbase32> nor <64 hex> characters", h)
+	return "", fmt.Errorf("NarHash %q is none of sha256:<52 nixbase32>, <64 hex> or sha256-<base64> characters", h)
+}
+
+// unknownDeriver is what Nix's daemon reports as the deriver of a path it
+// did not build (added, or substituted without one).
+const unknownDeriver = "unknown-deriver"
+
+// deriver returns the narinfo's Deriver for d: the base name of a
+// derivation of this store, or "" when d is none. A path without a known
+// deriver is normal (sources, imported paths); its narinfo simply has no
+// Deriver line, so publishing it must not fail.
+func (p *Publisher) deriver(d string, log logr.Logger) string {
+	if d == "" || d == unknownDeriver {
+		return ""
+	}
+	bases, err := p.baseNames("Deriver", []string{d})
+	if err == nil && strings.HasSuffix(bases[0], storepath.DrvExt) {
+		return bases[0]
+	}
+	log.V(1).Info("the deriver is not a derivation of the store; the narinfo omits it", "deriver", d, "storeDir", p.dir)
+	return ""
 }
 
 // Publish uploads the item's nar and then its signed narinfo. A narinfo
-// already present with the same NarHash makes it a no-op; with another
-// NarHash it fails with a *NotReproducibleError. A failure at any point
-// leaves at most an unreferenced nar (for GC), never a narinfo without
-// its nar.
+// already present with the same NarHash makes it a no-op, unless its nar
+// is gone: then the nar is uploaded again and the narinfo rewritten
+// (Result.Repaired). A narinfo with another NarHash fails it with a
+// *NotReproducibleError. Its references (but itself) must have narinfos in
+// the bucket, or it is refused (ErrMissingReference) before any upload. A
+// failure at any point leaves at most an unreferenced nar (for GC), never
+// a narinfo without its nar.
 func (p *Publisher) Publish(ctx context.Context, item StoreItem) (Result, error) {
-	return p.publish(ctx, item, nil)
+	refs := p.newRefChecker()
+	return p.publish(ctx, item, publishOpts{refs: refs, beforeNarInfo: func(ctx context.Context, scanned []string) error {
+		return refs.require(ctx, scanned)
+	}})
 }
 
-// publish is Publish; beforeNarInfo, when set, runs after the nar is
-// verified and before the narinfo is written (PublishClosure waits there
-// for the item's references), and may fail the item.
-func (p *Publisher) publish(ctx context.Context, item StoreItem, beforeNarInfo func(context.Context) error) (Result, error) {
+// publishOpts are what PublishClosure changes in publish.
+type publishOpts struct {
+	// refs checks that references have narinfos; one per call, so its
+	// cache serves a whole batch.
+	refs *refChecker
+	// refsChecked: the item's References were checked already
+	// (PublishClosure checks the whole batch's before any upload).
+	refsChecked bool
+	// beforeNarInfo runs after the nar is verified and before the narinfo
+	// is written, with the references the scan found besides the declared
+	// ones and the item itself; it may fail the item. PublishClosure waits
+	// there for the item's references in the batch.
+	beforeNarInfo func(ctx context.Context, scanned []string) error
+}
+
+func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) (Result, error) {
 	sp, err := p.dir.Parse(item.StorePath)
 	if err != nil {
 		return Result{}, fmt.Errorf("publish: %w", err)
 	}
 	if item.Open == nil {
 		return Result{}, fmt.Errorf("publish %s: StoreItem.Open is nil", item.StorePath)
+	}
+	refs, err := p.checkRefs(item, sp)
+	if err != nil {
+		return Result{}, err
 	}
 	log := p.log.WithValues("storePath", item.StorePath)
 	res := Result{NarInfoKey: NarInfoKey(sp)}
@@ -191,17 +249,7 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, beforeNarInfo f
 		if narHash, err = normalizeNarHash(narHash); err != nil {
 			return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
 		}
-	}
-	// Idempotence first: nothing to upload if the narinfo is there. The
-	// check is repeated by the conditional narinfo PUT at the end.
-	existing, err := p.getNarInfo(ctx, res.NarInfoKey)
-	if err != nil {
-		return res, err
-	}
-	if existing != nil && narHash != "" {
-		return p.compare(res, existing, item.StorePath, narHash)
-	}
-	if narHash == "" {
+	} else {
 		var size int64
 		if _, err = retry(ctx, p.cfg.Retry, log, "hash nar", func(ctx context.Context) error {
 			narHash, size, err = p.hashItem(ctx, item)
@@ -214,8 +262,35 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, beforeNarInfo f
 		}
 		narSize = uint64(size)
 	}
+	// Idempotence: nothing to upload if the narinfo and its nar are there.
+	// The check is repeated by the conditional narinfo PUT at the end.
+	existing, existingETag, err := p.getNarInfo(ctx, res.NarInfoKey)
+	if err != nil {
+		return res, err
+	}
+	replace := "" // the ETag of a narinfo whose nar is gone, to rewrite it
 	if existing != nil {
-		return p.compare(res, existing, item.StorePath, narHash)
+		present, err := p.compare(res, existing, item.StorePath, narHash)
+		if err != nil {
+			return present, err
+		}
+		ok, err := p.narPresent(ctx, existing.URL)
+		if err != nil {
+			return res, err
+		}
+		if ok {
+			log.V(1).Info("already published", "narinfo", res.NarInfoKey)
+			return present, nil
+		}
+		// GC, a hand deletion or a lost bucket left the narinfo pointing at
+		// nothing; clients fail on it until the nar is back.
+		log.Info("the published narinfo's nar is missing: uploading it again", "narinfo", res.NarInfoKey, "nar", existing.URL)
+		replace, res.Repaired = existingETag, true
+	}
+	if !o.refsChecked {
+		if err := o.refs.require(ctx, refs.others(refs.declared)); err != nil {
+			return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
+		}
 	}
 
 	kind := p.cfg.Compression
@@ -233,18 +308,16 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, beforeNarInfo f
 	}
 	log.V(1).Info("nar uploaded", "key", res.NarKey, "narSize", up.narSize, "fileSize", up.fileSize)
 
-	refs, err := p.baseNames(append(append([]string{}, item.References...), up.scanned...))
-	if err != nil {
-		return res, fmt.Errorf("publish %s: references: %w", item.StorePath, err)
+	scanned, err := p.baseNames("scanned references", up.scanned)
+	if err != nil { // ScanReferences were checked: cannot happen
+		return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
 	}
 	ni := &narinfo.NarInfo{
 		StorePath: item.StorePath, URL: res.NarKey, Compression: kind,
 		FileHash: up.fileHash, FileSize: uint64(up.fileSize),
 		NarHash: narHash, NarSize: uint64(up.narSize),
-		References: refs, System: item.System, CA: item.CA,
-	}
-	if item.Deriver != "" {
-		ni.Deriver = path.Base(item.Deriver)
+		References: union(refs.declared, scanned), Deriver: p.deriver(item.Deriver, log),
+		System: item.System, CA: item.CA,
 	}
 	if len(p.keys.Nix) > 0 || p.keys.Guix != nil {
 		if err := ni.Sign(p.keys); err != nil {
@@ -252,8 +325,9 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, beforeNarInfo f
 		}
 	}
 	res.NarInfo = ni
-	if beforeNarInfo != nil {
-		if err := beforeNarInfo(ctx); err != nil {
+	if o.beforeNarInfo != nil {
+		extra := refs.others(slices.DeleteFunc(scanned, func(b string) bool { return slices.Contains(refs.declared, b) }))
+		if err := o.beforeNarInfo(ctx, extra); err != nil {
 			return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
 		}
 	}
@@ -262,27 +336,37 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, beforeNarInfo f
 	}
 	created := false
 	if _, err = retry(ctx, p.cfg.Retry, log, "put narinfo", func(ctx context.Context) error {
-		created, err = p.putNarInfo(ctx, res.NarInfoKey, ni.Bytes())
+		created, err = p.putNarInfo(ctx, res.NarInfoKey, ni.Bytes(), replace)
 		return err
 	}); err != nil {
 		return res, explain(err, p.cfg.Endpoint, p.cfg.Bucket, res.NarInfoKey)
 	}
-	if !created { // lost a race with another publisher of the same path
-		existing, err := p.getNarInfo(ctx, res.NarInfoKey)
+	if !created { // lost a race with another publisher (or repairer) of the same path
+		existing, _, err := p.getNarInfo(ctx, res.NarInfoKey)
 		if err != nil {
 			return res, err
 		}
 		if existing == nil {
-			return res, fmt.Errorf("publish %s: the narinfo PUT was refused as existing, yet it cannot be read", item.StorePath)
+			return res, fmt.Errorf("publish %s: the conditional narinfo PUT was refused, yet no narinfo can be read (deleted meanwhile?); publish it again", item.StorePath)
 		}
+		// The winner verified its nar before writing its narinfo.
 		return p.compare(res, existing, item.StorePath, narHash)
 	}
-	log.Info("published", "narinfo", res.NarInfoKey, "nar", res.NarKey, "narSize", ni.NarSize, "fileSize", ni.FileSize, "compression", kind)
+	log.Info("published", "narinfo", res.NarInfoKey, "nar", res.NarKey, "narSize", ni.NarSize, "fileSize", ni.FileSize, "compression", kind, "repaired", res.Repaired)
 	return res, nil
 }
 
+// union returns the sorted union of two sorted, deduplicated lists.
+func union(a, b []string) []string {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// compare fails with a *NotReproducibleError unless existing has narHash;
+// otherwise it returns res as AlreadyPresent with the existing narinfo.
 func (p *Publisher) compare(res Result, existing *narinfo.NarInfo, storePath, narHash string) (Result, error) {
-	res.NarInfo, res.NarKey = existing, existing.URL
+	res.NarInfo, res.NarKey, res.Repaired = existing, existing.URL, false
 	have, err := normalizeNarHash(existing.NarHash)
 	if err != nil {
 		have = existing.NarHash
@@ -291,54 +375,47 @@ func (p *Publisher) compare(res Result, existing *narinfo.NarInfo, storePath, na
 		return res, &NotReproducibleError{StorePath: storePath, Published: existing.NarHash, Local: narHash}
 	}
 	res.AlreadyPresent = true
-	p.log.V(1).Info("already published", "storePath", storePath, "narinfo", res.NarInfoKey)
 	return res, nil
 }
 
-func (p *Publisher) baseNames(paths []string) ([]string, error) {
-	seen := map[string]bool{}
-	var out []string
-	for _, r := range paths {
-		base := r
-		if strings.HasPrefix(r, "/") {
-			sp, err := p.dir.Parse(r)
-			if err != nil {
-				return nil, err
-			}
-			base = sp.Base()
-		} else if _, _, err := storepath.ParseBase(r); err != nil {
-			return nil, err
-		}
-		if !seen[base] {
-			seen[base] = true
-			out = append(out, base)
-		}
+// narPresent reports whether the nar a published narinfo's URL names is
+// in the bucket. A URL on another server (not ours to check) counts as
+// present.
+func (p *Publisher) narPresent(ctx context.Context, url string) (bool, error) {
+	if strings.Contains(url, "://") {
+		return true, nil
 	}
-	sort.Strings(out)
-	return out, nil
+	return exists(ctx, p.c, p.cfg, p.log, strings.TrimPrefix(url, "./"))
 }
 
-// getNarInfo returns the narinfo at key, or nil when there is none.
-func (p *Publisher) getNarInfo(ctx context.Context, key string) (*narinfo.NarInfo, error) {
-	data, err := getSmall(ctx, p.c, p.cfg, p.log, key)
+// getNarInfo returns the narinfo at key and its ETag, or nil when there is
+// none.
+func (p *Publisher) getNarInfo(ctx context.Context, key string) (*narinfo.NarInfo, string, error) {
+	data, etag, err := getSmall(ctx, p.c, p.cfg, p.log, key)
 	if isNotFound(err) {
-		return nil, nil
+		return nil, "", nil
 	}
 	if err != nil {
-		return nil, explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+		return nil, "", explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
 	}
 	ni, err := narinfo.Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("s3 object %s/%s: %w (a corrupt narinfo is never overwritten: delete it by hand)", p.cfg.Bucket, key, err)
+		return nil, "", fmt.Errorf("s3 object %s/%s: %w (a corrupt narinfo is never overwritten: delete it by hand)", p.cfg.Bucket, key, err)
 	}
-	return ni, nil
+	return ni, etag, nil
 }
 
 // putNarInfo writes the narinfo in one PUT, only if absent (If-None-Match:
-// *). It returns false when the object already existed.
-func (p *Publisher) putNarInfo(ctx context.Context, key string, data []byte) (bool, error) {
+// *), or with replace set only if it is still the object of that ETag
+// (If-Match), so that of concurrent publishers exactly one writes. It
+// returns false when the condition failed.
+func (p *Publisher) putNarInfo(ctx context.Context, key string, data []byte, replace string) (bool, error) {
 	opts := minio.PutObjectOptions{ContentType: ContentTypeNarInfo, DisableMultipart: true}
-	opts.SetMatchETagExcept("*")
+	if replace != "" {
+		opts.SetMatchETag(replace)
+	} else {
+		opts.SetMatchETagExcept("*")
+	}
 	_, err := p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(data), int64(len(data)), opts)
 	var er minio.ErrorResponse
 	if errors.As(err, &er) && er.StatusCode == http.StatusPreconditionFailed {
@@ -422,7 +499,7 @@ func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash 
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	info, uerr := p.putStream(ctx, key, pr)
+	info, uerr := p.putStream(ctx, key, pr, minio.PutObjectOptions{ContentType: ContentTypeNar})
 	pr.CloseWithError(errUploadEnded) // unblocks the producer
 	perr := <-done
 	switch {
@@ -443,10 +520,11 @@ func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash 
 	return up, nil
 }
 
-// putStream uploads r: one PUT when it fits in the first part (most store
-// items are small), else a multipart upload with Concurrency parts in
-// flight. Memory: PartSize × (Concurrency + 1).
-func (p *Publisher) putStream(ctx context.Context, key string, r io.Reader) (minio.UploadInfo, error) {
+// putStream uploads r with opts' content type, encoding and metadata: one
+// PUT when it fits in the first part (most store items and logs are
+// small), else a multipart upload with Concurrency parts in flight.
+// Memory: PartSize × (Concurrency + 1).
+func (p *Publisher) putStream(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions) (minio.UploadInfo, error) {
 	bp, _ := p.firstParts.Get().(*[]byte)
 	if bp == nil {
 		b := make([]byte, minPartSize)
@@ -455,19 +533,16 @@ func (p *Publisher) putStream(ctx context.Context, key string, r io.Reader) (min
 	defer p.firstParts.Put(bp)
 	first := *bp
 	n, err := io.ReadFull(r, first)
+	opts.DisableContentSha256 = true // the content is hashed by us
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(first[:n]), int64(n), minio.PutObjectOptions{
-			ContentType: ContentTypeNar, DisableMultipart: true, DisableContentSha256: true,
-		})
+		opts.DisableMultipart = true
+		return p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(first[:n]), int64(n), opts)
 	}
 	if err != nil {
 		return minio.UploadInfo{}, err
 	}
-	return p.c.PutObject(ctx, p.cfg.Bucket, key, io.MultiReader(bytes.NewReader(first), r), -1, minio.PutObjectOptions{
-		ContentType: ContentTypeNar, PartSize: p.cfg.PartSize,
-		NumThreads: uint(p.cfg.Concurrency), ConcurrentStreamParts: p.cfg.Concurrency > 1,
-		DisableContentSha256: true,
-	})
+	opts.PartSize, opts.NumThreads, opts.ConcurrentStreamParts = p.cfg.PartSize, uint(p.cfg.Concurrency), p.cfg.Concurrency > 1
+	return p.c.PutObject(ctx, p.cfg.Bucket, key, io.MultiReader(bytes.NewReader(first), r), -1, opts)
 }
 
 // verifyNar checks the stored object before a narinfo may point at it:
@@ -497,33 +572,6 @@ func (p *Publisher) verifyNar(ctx context.Context, key string, up uploaded) erro
 		return fmt.Errorf("s3 object %s/%s: re-read as %s (%d bytes), uploaded %s (%d bytes): not writing the narinfo", p.cfg.Bucket, key, h, size, up.fileHash, up.fileSize)
 	}
 	return nil
-}
-
-// PublishLog stores a build log under log/<drv base name>, gzip-compressed
-// with Content-Encoding: gzip, as guix publish serves its .gz logs: HTTP
-// clients (Nix's, browsers, curl --compressed) decompress it. It streams r.
-func (p *Publisher) PublishLog(ctx context.Context, drvPath string, r io.Reader) error {
-	d, err := p.dir.ParseDerivation(drvPath)
-	if err != nil {
-		return fmt.Errorf("publish log: %w", err)
-	}
-	key := LogKey(d.String())
-	pr, pw := io.Pipe()
-	go func() {
-		zw, err := compress.NewWriter(pw, compress.Gzip, 0)
-		if err == nil {
-			if _, err = io.Copy(zw, r); err == nil {
-				err = zw.Close()
-			}
-		}
-		pw.CloseWithError(err)
-	}()
-	// Not retried: r can be read only once.
-	_, err = p.c.PutObject(ctx, p.cfg.Bucket, key, pr, -1, minio.PutObjectOptions{
-		ContentType: ContentTypeLog, ContentEncoding: "gzip", PartSize: p.cfg.PartSize, DisableContentSha256: true,
-	})
-	pr.CloseWithError(errors.New("upload ended"))
-	return explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
 }
 
 // EnsureCacheInfo writes nix-cache-info unless it already says the same.

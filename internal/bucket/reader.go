@@ -110,17 +110,9 @@ func (r *Reader) Has(ctx context.Context, storePath string) (bool, error) {
 	if ok && now.Before(c.expires) {
 		return c.present, nil
 	}
-	var present bool
-	_, err = retry(ctx, r.cfg.Retry, r.cfg.Log, "stat narinfo", func(ctx context.Context) error {
-		_, err := r.c.StatObject(ctx, r.cfg.Bucket, key, minio.StatObjectOptions{})
-		present = err == nil
-		if isNotFound(err) {
-			return nil
-		}
-		return err
-	})
+	present, err := exists(ctx, r.c, r.cfg, r.cfg.Log, key)
 	if err != nil {
-		return false, explain(err, r.cfg.Endpoint, r.cfg.Bucket, key)
+		return false, err
 	}
 	r.remember(key, present, now)
 	return present, nil
@@ -146,7 +138,7 @@ func (r *Reader) NarInfo(ctx context.Context, storePath string) (*narinfo.NarInf
 	if err != nil {
 		return nil, err
 	}
-	data, err := getSmall(ctx, r.c, r.cfg, r.cfg.Log, key)
+	data, _, err := getSmall(ctx, r.c, r.cfg, r.cfg.Log, key)
 	if isNotFound(err) {
 		r.remember(key, false, r.opts.Now())
 		return nil, fmt.Errorf("%s (s3 object %s/%s): %w", storePath, r.cfg.Bucket, key, ErrNotFound)
