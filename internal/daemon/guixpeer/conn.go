@@ -86,7 +86,11 @@ func (p *Peer) Serve(ctx context.Context, nc net.Conn) error {
 		verbosity: lvlInfo,
 	}
 	c.out = encoder{c.w}
-	switch nc.RemoteAddr().Network() {
+	network := "unix"
+	if a := nc.RemoteAddr(); a != nil {
+		network = a.Network()
+	}
+	switch network {
 	case "tcp", "tcp4", "tcp6":
 		c.remote = true // acceptConnection: only AF_UNIX peers can be trusted
 	default:

@@ -916,3 +916,49 @@ func TestTempRootAndUnknownOp(t *testing.T) {
 	}
 	c.expectClosed()
 }
+
+func TestBuildMessagesAtVerbosityInfo(t *testing.T) {
+	p := guixpeer.New(0x164)
+	drv, text, out := makeDrv(t, "nested")
+	p.AddPath(drv, narFile(string(text)), nil, "")
+	p.OnBuild(drv, func(ctx context.Context, w io.Writer) (map[string][]byte, error) {
+		return map[string][]byte{"out": narFile("x")}, nil
+	})
+	c := dial(t, guixpeer.Listen(t, p))
+	c.handshake(0x163, 0x164)
+	c.setOptions(1, true) // verbosity lvlInfo, logType ltPretty
+	c.int(opBuildPaths)
+	c.strs(drv)
+	c.int(0)
+	c.flush()
+	res := c.stderr(nil)
+	if res.failed {
+		t.Fatal(res.err)
+	}
+	c.readInt()
+	// startBuilder's nest indents the trace printed inside it.
+	if len(res.next) != 3 || res.next[0] != "building path(s) `"+out+"'\n" ||
+		!strings.HasPrefix(res.next[1], "|   @ build-started "+drv+" - ") ||
+		res.next[2] != "@ build-succeeded "+drv+" -\n" {
+		t.Errorf("messages = %q", res.next)
+	}
+}
+
+func TestUnsupportedPlatform(t *testing.T) {
+	p := guixpeer.New(0x164)
+	p.System = "aarch64-linux"
+	drv, text, _ := makeDrv(t, "foreign") // x86_64-linux
+	p.AddPath(drv, narFile(string(text)), nil, "")
+	c := dial(t, guixpeer.Listen(t, p))
+	c.handshake(0x163, 0x164)
+	c.setOptions(0, false)
+	c.int(opBuildPaths)
+	c.strs(drv)
+	c.int(0)
+	c.flush()
+	res := c.stderr(nil)
+	want := "while setting up the build environment: a `x86_64-linux' is required to build `" + drv + "', but I am a `aarch64-linux'"
+	if !res.failed || res.err != want || res.status != 1 {
+		t.Fatalf("foreign build = %+v", res)
+	}
+}
