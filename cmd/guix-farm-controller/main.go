@@ -28,6 +28,7 @@ import (
 	"github.com/guixfarm/guix-farm/internal/gc/gccmd"
 	"github.com/guixfarm/guix-farm/internal/metrics"
 	"github.com/guixfarm/guix-farm/internal/planner"
+	"github.com/guixfarm/guix-farm/internal/signing/keygen"
 	"github.com/guixfarm/guix-farm/internal/storepath"
 )
 
@@ -37,6 +38,14 @@ func main() {
 		err := gccmd.Command(context.Background(), os.Args[2:], os.Stdout, gccmd.Deps{Log: zap.New()})
 		if err != nil && !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "guix-farm-controller gc:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "keygen" {
+		// The farm's signing keys, then exit: guix-farm-controller keygen --name cache.example.org-1 --out DIR
+		if err := keygen.Command(os.Args[2:], os.Stdout); err != nil && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "guix-farm-controller keygen:", err)
 			os.Exit(1)
 		}
 		return

@@ -602,7 +602,7 @@ func (p *Publisher) EnsureCacheInfo(ctx context.Context) error {
 // answer 404 instead of 403 (S3 answers 403 to a reader who may not list;
 // Guix treats 403 as a transient error, 404 as "not there"). It also asks
 // the server to abort multipart uploads left incomplete for a day (a
-// killed publisher's), where lifecycle rules are supported.
+// killed publisher's), where lifecycle rules support it (ensureAbortRule).
 func (p *Publisher) EnsureBucket(ctx context.Context) error {
 	b := p.cfg.Bucket
 	_, err := retry(ctx, p.cfg.Retry, p.log, "ensure bucket", func(ctx context.Context) error {
@@ -623,16 +623,67 @@ func (p *Publisher) EnsureBucket(ctx context.Context) error {
 	if err != nil {
 		return explain(err, p.cfg.Endpoint, b, "")
 	}
-	lc := lifecycle.NewConfiguration()
-	lc.Rules = []lifecycle.Rule{{
-		ID: "guix-farm-abort-incomplete-uploads", Status: "Enabled",
-		RuleFilter:                     lifecycle.Filter{Prefix: "nar/"},
-		AbortIncompleteMultipartUpload: lifecycle.AbortIncompleteMultipartUpload{DaysAfterInitiation: 1},
-	}}
-	if err := p.c.SetBucketLifecycle(ctx, b, lc); err != nil {
-		p.log.Info("could not set a lifecycle rule to abort incomplete uploads; the server's own expiry applies", "bucket", b, "err", err.Error())
-	}
+	p.ensureAbortRule(ctx)
 	return nil
+}
+
+// abortRuleID names the lifecycle rule ensureAbortRule keeps.
+const abortRuleID = "guix-farm-abort-incomplete-uploads"
+
+// ensureAbortRule asks the server to abort multipart uploads left
+// incomplete for a day (a killed publisher's), bucket-wide: no publisher
+// upload takes that long. It adds the rule to the bucket's lifecycle
+// configuration, keeping the operator's rules (a PUT replaces the whole
+// configuration). Failing is not an error: without the rule, a killed
+// publisher's parts cost space until the server's own expiry (if any)
+// or an operator removes them; publishing is unaffected.
+func (p *Publisher) ensureAbortRule(ctx context.Context) {
+	b := p.cfg.Bucket
+	log := p.log.WithValues("bucket", b, "rule", abortRuleID)
+	want := lifecycle.Rule{
+		ID: abortRuleID, Status: "Enabled",
+		AbortIncompleteMultipartUpload: lifecycle.AbortIncompleteMultipartUpload{DaysAfterInitiation: 1},
+	}
+	lc, err := p.c.GetBucketLifecycle(ctx, b)
+	var er minio.ErrorResponse
+	switch {
+	case errors.As(err, &er) && er.Code == "NoSuchLifecycleConfiguration":
+		lc = lifecycle.NewConfiguration()
+	case err != nil && lifecycleUnsupported(err):
+		log.V(1).Info("the server has no lifecycle rules; its own expiry of stale uploads applies", "answer", err.Error())
+		return
+	case err != nil:
+		log.Info("could not read the lifecycle configuration, so not adding the rule that aborts incomplete uploads; the server's own expiry of stale uploads applies", "err", err.Error())
+		return
+	}
+	for _, r := range lc.Rules {
+		if r.ID == abortRuleID && r.Status == want.Status && r.AbortIncompleteMultipartUpload == want.AbortIncompleteMultipartUpload && r.RuleFilter.Prefix == "" && r.Prefix == "" {
+			return
+		}
+	}
+	lc.Rules = append(slices.DeleteFunc(lc.Rules, func(r lifecycle.Rule) bool { return r.ID == abortRuleID }), want)
+	err = p.c.SetBucketLifecycle(ctx, b, lc)
+	switch {
+	case err == nil:
+		log.V(1).Info("set the lifecycle rule that aborts incomplete uploads after a day")
+	case lifecycleUnsupported(err):
+		// MinIO parses lifecycle rules without AbortIncompleteMultipartUpload
+		// and so refuses a rule with only that action as MalformedXML; it
+		// needs none, since it deletes stale multipart uploads itself
+		// (api stale_uploads_expiry, 24h by default). Nothing to warn about.
+		errors.As(err, &er)
+		log.V(1).Info("the server does not support a lifecycle rule that aborts incomplete uploads; its own expiry of stale uploads applies", "server", er.Server, "answer", err.Error())
+	default:
+		log.Info("could not set the lifecycle rule that aborts incomplete uploads; the server's own expiry of stale uploads applies", "err", err.Error())
+	}
+}
+
+// lifecycleUnsupported tells a server that lacks (this kind of) lifecycle
+// rule from other failures: NotImplemented, or MalformedXML for a rule that
+// is valid S3 (MinIO's answer to AbortIncompleteMultipartUpload).
+func lifecycleUnsupported(err error) bool {
+	var er minio.ErrorResponse
+	return errors.As(err, &er) && (er.Code == "NotImplemented" || er.StatusCode == http.StatusNotImplemented || er.Code == "MalformedXML")
 }
 
 // AnonymousReadPolicy is the bucket policy EnsureBucket sets.

@@ -7,7 +7,9 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"strings"
+	"unicode"
 )
 
 // NixSecretKey is a Nix binary-cache secret key, as made by
@@ -57,6 +59,35 @@ func ParseNixSecretKey(s string) (NixSecretKey, error) {
 		return NixSecretKey{}, fmt.Errorf("nix secret key %q: public half does not match the seed; regenerate it with nix-store --generate-binary-cache-key", name)
 	}
 	return NixSecretKey{Name: name, Key: k}, nil
+}
+
+// GenerateNixKey makes a new key pair named name from rand
+// (crypto/rand.Reader in production), as `nix-store
+// --generate-binary-cache-key NAME sk pk` does: Text is the secret key
+// file, Public().String() the public one. By convention the name is
+// "<host>-<n>"; clients trust keys by it, so it must differ from the
+// names of the farm's other keys.
+func GenerateNixKey(rand io.Reader, name string) (NixSecretKey, error) {
+	if err := checkNixKeyName(name); err != nil {
+		return NixSecretKey{}, fmt.Errorf("generate nix key: %w", err)
+	}
+	_, priv, err := ed25519.GenerateKey(rand)
+	if err != nil {
+		return NixSecretKey{}, fmt.Errorf("generate nix key %q: %w", name, err)
+	}
+	return NixSecretKey{Name: name, Key: priv}, nil
+}
+
+// checkNixKeyName refuses names Nix would misread: "NAME:BASE64" splits at
+// the first colon, and trusted-public-keys is a whitespace-separated list.
+func checkNixKeyName(name string) error {
+	if name == "" {
+		return fmt.Errorf("the key name is empty; use e.g. cache.example.org-1")
+	}
+	if i := strings.IndexFunc(name, func(r rune) bool { return r == ':' || unicode.IsSpace(r) || !unicode.IsPrint(r) }); i >= 0 {
+		return fmt.Errorf("key name %q has %q at offset %d; Nix key names cannot hold colons, spaces or control characters", name, name[i], i)
+	}
+	return nil
 }
 
 // ParseNixPublicKey parses "NAME:base64(32 bytes)".
