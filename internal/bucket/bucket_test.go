@@ -365,6 +365,12 @@ func TestMultipartRoundTrip(t *testing.T) {
 	item.NarHash = fmt.Sprintf("%x", hw.SumBytes())
 	item.ScanReferences = []string{helloPath, drvPath, outPath, "/gnu/store/00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools"}
 	item.Deriver = drvPath
+	// What the scan finds must be in the bucket first.
+	for p, content := range map[string]string{helloPath: "hello\n", drvPath: "Derive([],[],[],\"x86_64-linux\",\"/bin/sh\",[],[])"} {
+		if _, err := e.pub.Publish(ctx, DiskItem(p, file(t, content))); err != nil {
+			t.Fatal(err)
+		}
+	}
 	res, err := e.pub.Publish(ctx, item)
 	if err != nil {
 		t.Fatal(err)

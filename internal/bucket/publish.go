@@ -667,10 +667,13 @@ func (p *Publisher) ensureAbortRule(ctx context.Context) {
 	case err == nil:
 		log.V(1).Info("set the lifecycle rule that aborts incomplete uploads after a day")
 	case lifecycleUnsupported(err):
-		// MinIO parses lifecycle rules without AbortIncompleteMultipartUpload
-		// and so refuses a rule with only that action as MalformedXML; it
-		// needs none, since it deletes stale multipart uploads itself
-		// (api stale_uploads_expiry, 24h by default). Nothing to warn about.
+		// MinIO's lifecycle parser has no AbortIncompleteMultipartUpload, so
+		// it sees a rule without an action it knows and refuses it (400
+		// InvalidArgument, "The XML you provided was not well-formed…",
+		// TestEnsureBucketLifecycle). It needs no such rule: it deletes
+		// stale multipart uploads itself (api stale_uploads_expiry, 24h by
+		// default). An expected answer, so not worth a warning at every
+		// agent start.
 		errors.As(err, &er)
 		log.V(1).Info("the server does not support a lifecycle rule that aborts incomplete uploads; its own expiry of stale uploads applies", "server", er.Server, "answer", err.Error())
 	default:
@@ -678,12 +681,23 @@ func (p *Publisher) ensureAbortRule(ctx context.Context) {
 	}
 }
 
-// lifecycleUnsupported tells a server that lacks (this kind of) lifecycle
-// rule from other failures: NotImplemented, or MalformedXML for a rule that
-// is valid S3 (MinIO's answer to AbortIncompleteMultipartUpload).
+// lifecycleUnsupported tells a server without (this kind of) lifecycle
+// rule from other failures: NotImplemented, or a 400 refusing the
+// configuration, which is valid S3 (minio-go writes it), so the server
+// does not know some of it. Access denied, 5xx and network errors are
+// other failures.
 func lifecycleUnsupported(err error) bool {
 	var er minio.ErrorResponse
-	return errors.As(err, &er) && (er.Code == "NotImplemented" || er.StatusCode == http.StatusNotImplemented || er.Code == "MalformedXML")
+	if !errors.As(err, &er) {
+		return false
+	}
+	switch {
+	case er.Code == "NotImplemented", er.StatusCode == http.StatusNotImplemented:
+		return true
+	case er.StatusCode == http.StatusBadRequest:
+		return er.Code == "MalformedXML" || er.Code == "InvalidArgument" || er.Code == "InvalidRequest"
+	}
+	return false
 }
 
 // AnonymousReadPolicy is the bucket policy EnsureBucket sets.
