@@ -117,6 +117,9 @@ func file(t testing.TB, content string) string {
 	return p
 }
 
+// demoDrv is the derivation at drvPath; its output is outPath.
+const demoDrv = `Derive([("out","/gnu/store/b0hs05w9rzk5r6zrg7dmhjn2950lz9yz-demo","","")],[],[],"x86_64-linux","/bin/sh",["-c","echo hi > $out"],[("builder","/bin/sh"),("name","demo"),("out","/gnu/store/b0hs05w9rzk5r6zrg7dmhjn2950lz9yz-demo"),("system","x86_64-linux")])`
+
 const (
 	helloPath = "/gnu/store/mai503rgk7jq72577x5iwgyc5izfvp9i-hello.txt"
 	outPath   = "/gnu/store/b0hs05w9rzk5r6zrg7dmhjn2950lz9yz-demo"
@@ -177,7 +180,7 @@ func TestPublishAndRead(t *testing.T) {
 	}
 
 	// A .drv through the controller's interface.
-	drv := `Derive([("out","/gnu/store/b0hs05w9rzk5r6zrg7dmhjn2950lz9yz-demo","","")],[],[],"x86_64-linux","/bin/sh",["-c","echo hi > $out"],[("builder","/bin/sh"),("name","demo"),("out","/gnu/store/b0hs05w9rzk5r6zrg7dmhjn2950lz9yz-demo"),("system","x86_64-linux")])`
+	drv := demoDrv
 	if _, err := e.pub.Publish(ctx, DiskItem(drvPath, file(t, drv))); err != nil {
 		t.Fatal(err)
 	}
