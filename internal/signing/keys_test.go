@@ -1,6 +1,7 @@
 package signing
 
 import (
+	"crypto/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,20 +107,28 @@ func TestKeysFromSecretData(t *testing.T) {
 	}
 }
 
-// TestNixStoreGeneratedKey loads a key pair made by the real nix-store.
-func TestNixStoreGeneratedKey(t *testing.T) {
-	bin, err := exec.LookPath("nix-store")
+// nixCommand returns a command of the real nix (Debian's Nix 2.8) that
+// touches no daemon or store, or skips the test without nix.
+func nixCommand(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	bin, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv("GUIXFARM_REQUIRE_TESTBED") == "1" {
-			t.Fatal("nix-store not found; install it with `hack/tools.sh nix`")
+			t.Fatalf("%s not found; install it with `hack/tools.sh nix`", name)
 		}
-		t.Skip("nix-store not found; install it with `hack/tools.sh nix`")
+		t.Skipf("%s not found; install it with `hack/tools.sh nix`", name)
 	}
 	dir := t.TempDir()
-	sk, pk := filepath.Join(dir, "sk"), filepath.Join(dir, "pk")
-	cmd := exec.Command(bin, "--generate-binary-cache-key", "farm-1", sk, pk)
-	// Keep nix away from any daemon or store: the command only writes files.
+	cmd := exec.Command(bin, args...)
 	cmd.Env = []string{"HOME=" + dir, "NIX_STATE_DIR=" + dir, "PATH=" + os.Getenv("PATH")}
+	return cmd
+}
+
+// TestNixStoreGeneratedKey loads a key pair made by the real nix-store.
+func TestNixStoreGeneratedKey(t *testing.T) {
+	dir := t.TempDir()
+	sk, pk := filepath.Join(dir, "sk"), filepath.Join(dir, "pk")
+	cmd := nixCommand(t, "nix-store", "--generate-binary-cache-key", "farm-1", sk, pk)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nix-store --generate-binary-cache-key: %v\n%s", err, out)
 	}
@@ -137,5 +146,34 @@ func TestNixStoreGeneratedKey(t *testing.T) {
 	}
 	if _, err := LoadKeysFromFiles(pk); err == nil || !strings.Contains(err.Error(), "Nix public key") {
 		t.Errorf("loading the public key file: %v", err)
+	}
+}
+
+// TestGenerateNixKeyUnderNix: keys from GenerateNixKey have the shape of
+// nix-store's, and the real nix derives the same public key from ours.
+func TestGenerateNixKeyUnderNix(t *testing.T) {
+	k, err := GenerateNixKey(rand.Reader, "farm-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := nixCommand(t, "nix", "--extra-experimental-features", "nix-command", "key", "convert-secret-to-public")
+	cmd.Stdin = strings.NewReader(k.Text())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("nix key convert-secret-to-public: %v", err)
+	}
+	if string(out) != k.Public().String() {
+		t.Errorf("nix derives public key %q from our secret key, we %q", out, k.Public())
+	}
+
+	dir := t.TempDir()
+	sk, pk := filepath.Join(dir, "sk"), filepath.Join(dir, "pk")
+	if out, err := nixCommand(t, "nix-store", "--generate-binary-cache-key", "farm-1", sk, pk).CombinedOutput(); err != nil {
+		t.Fatalf("nix-store --generate-binary-cache-key: %v\n%s", err, out)
+	}
+	nixSecret, _ := os.ReadFile(sk)
+	nixPublic, _ := os.ReadFile(pk)
+	if len(nixSecret) != len(k.Text()) || len(nixPublic) != len(k.Public().String()) {
+		t.Errorf("nix-store writes keys of %d / %d characters, we %d / %d", len(nixSecret), len(nixPublic), len(k.Text()), len(k.Public().String()))
 	}
 }

@@ -1,6 +1,7 @@
 package signing
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"testing"
@@ -140,5 +141,29 @@ func TestParseNixKeyErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want it to mention %q", name, err, c.want)
 		}
+	}
+}
+
+// TestGenerateNixKey: the N3 key comes back from its seed, and names Nix
+// would misread are refused.
+func TestGenerateNixKey(t *testing.T) {
+	seed := mustNixSec(t, n3Secret).Key.Seed()
+	k, err := GenerateNixKey(bytes.NewReader(seed), "farm-test-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Text() != n3Secret || k.Public().String() != n3Public {
+		t.Errorf("generated %s / %s, want the N3 vector", k.Text(), k.Public())
+	}
+	if _, err := ParseNixSecretKey(k.Text()); err != nil {
+		t.Error(err)
+	}
+	for _, name := range []string{"", "a:b", "cache 1", "tab\there", "nl\n"} {
+		if _, err := GenerateNixKey(bytes.NewReader(seed), name); err == nil || !strings.Contains(err.Error(), "name") {
+			t.Errorf("name %q: %v", name, err)
+		}
+	}
+	if _, err := GenerateNixKey(bytes.NewReader(seed[:10]), "short"); err == nil {
+		t.Error("no error from a short random source")
 	}
 }

@@ -154,7 +154,7 @@ func Command(args []string, stdout io.Writer) error {
 func printResult(w io.Writer, res Result, secret, namespace string) {
 	fmt.Fprintf(w, "Wrote the farm's signing keys into %s.\n\n", filepath.Dir(res.Files[signing.SecretDataNixKey]))
 	fmt.Fprintf(w, "Nix clients, in nix.conf:\n  trusted-public-keys = %s\n\n", res.NixPublic)
-	fmt.Fprintf(w, "Guix clients: guix archive --authorize < %s\n%s\n\n", res.Files[signing.SecretDataGuixPublicKey], res.GuixPublic)
+	fmt.Fprintf(w, "Guix clients: guix archive --authorize < %s\n%s\n\n", shellQuote(res.Files[signing.SecretDataGuixPublicKey]), strings.TrimSpace(res.GuixPublic.String()))
 	fmt.Fprintf(w, "The Secret the farm signs with:\n  kubectl -n %s create secret generic %s", namespace, secret)
 	for _, entry := range []string{signing.SecretDataNixKey, signing.SecretDataGuixKey, signing.SecretDataHost, signing.SecretDataNixPublicKey, signing.SecretDataGuixPublicKey} {
 		if p, ok := res.Files[entry]; ok {
