@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -34,22 +35,22 @@ func (p DerivedPath) String() string {
 }
 
 func (c *Conn) checkDerivedPath(p DerivedPath) error {
-	if p.Drv == "" || strings.ContainsAny(p.Drv, "!,") {
-		return badArg("derived path %q: not a store path", p.Drv)
+	if err := checkPaths("build paths", p.Drv); err != nil {
+		return err
 	}
 	if len(p.Outputs) == 0 {
 		if strings.HasSuffix(p.Drv, ".drv") {
-			return badArg("derived path %s: the outputs to build must be named", p.Drv)
+			return fmt.Errorf("daemon: build paths: %w: %s: the outputs to build must be named (drv!out)", errBadArgument, p.Drv)
 		}
 		return nil
 	}
 	for _, out := range p.Outputs {
 		switch {
 		case out == "" || strings.ContainsAny(out, "!,"):
-			return badArg("derived path %s: invalid output name %q", p.Drv, out)
+			return fmt.Errorf("daemon: build paths: %w: %s: invalid output name %q", errBadArgument, p.Drv, out)
 		case out == "*" && c.dialect == Guix:
 			// Only Nix knows "!*"; Guix would look for an output named "*".
-			return badArg("derived path %s: Guix has no \"all outputs\" wildcard; name the outputs", p.Drv)
+			return fmt.Errorf("daemon: build paths: %w: %s: Guix has no \"all outputs\" wildcard; name the outputs", errBadArgument, p.Drv)
 		}
 	}
 	return nil

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/guixfarm/guix-farm/internal/storepath"
 )
 
 // Dialect is the flavour of worker protocol a daemon speaks.
@@ -235,6 +237,14 @@ func (o *op) end(err error) error {
 		return nil
 	}
 	var de *Error
+	if errors.As(err, &de) && c.dec.r.Buffered() > 0 {
+		// Nothing may follow an ERROR until our next request, except when
+		// the daemon failed before it started the work (e.g. reading an
+		// argument): then Nix sends the error twice, in one write, and
+		// hangs up (Guix hangs up after one). The Conn is dead.
+		c.fail(fmt.Errorf("%w: the daemon hung up after an error in %s: %v", ErrClosed, o.name, err))
+		return fmt.Errorf("daemon: %s: %w", o.name, err)
+	}
 	if errors.As(err, &de) || errors.Is(err, errBadArgument) || errors.Is(err, ErrNotValid) {
 		return fmt.Errorf("daemon: %s: %w", o.name, err)
 	}
@@ -251,8 +261,17 @@ func (o *op) end(err error) error {
 // anything was sent; they leave the Conn usable.
 var errBadArgument = errors.New("invalid argument")
 
-func badArg(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", errBadArgument, fmt.Sprintf(format, args...))
+// checkPaths checks the syntax of store paths before they are sent. A
+// daemon that can't parse an argument fails before it starts the work, and
+// then hangs up: catching bad paths here keeps the Conn usable. (A path in
+// another store directory than the daemon's still gets through.)
+func checkPaths(name string, paths ...string) error {
+	for _, p := range paths {
+		if _, err := storepath.ParseAny(p); err != nil {
+			return fmt.Errorf("daemon: %s: %w: %w", name, errBadArgument, err)
+		}
+	}
+	return nil
 }
 
 // handshake runs §1.2: magic words, versions, the obsolete affinity and

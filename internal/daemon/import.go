@@ -32,11 +32,19 @@ const frameSize = 32 << 10
 // The NAR is streamed, never held in memory. If reading nar fails, the
 // daemon can't be told to abort cleanly, so the Conn is closed.
 func (c *Conn) Import(ctx context.Context, info PathInfo, nar io.Reader, sig string) (err error) {
-	if info.Path == "" {
-		return badArg("import: no path")
+	if err := checkPaths("import", info.Path); err != nil {
+		return err
+	}
+	if err := checkPaths("import "+info.Path, info.References...); err != nil {
+		return err
+	}
+	if info.Deriver != "" {
+		if err := checkPaths("import "+info.Path, info.Deriver); err != nil {
+			return err
+		}
 	}
 	if c.dialect == Nix && (info.NarHash == "" || info.NarSize == 0) {
-		return badArg("import of %s: NarHash and NarSize are required", info.Path)
+		return fmt.Errorf("daemon: import %s: %w: NarHash and NarSize are required", info.Path, errBadArgument)
 	}
 	o, err := c.begin(ctx, "import "+info.Path, nil)
 	if err != nil {

@@ -28,6 +28,9 @@ const exportMagic = 0x4558494e
 // keep using it. Close may be called from another goroutine to abort a
 // Read.
 func (c *Conn) Nar(ctx context.Context, path string) (io.ReadCloser, error) {
+	if err := checkPaths("nar", path); err != nil {
+		return nil, err
+	}
 	o, err := c.begin(ctx, "nar of "+path, nil)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/guixfarm/guix-farm/internal/nar"
+	"github.com/guixfarm/guix-farm/internal/storepath"
 )
 
 // Operation numbers (Nix worker-protocol.hh, Guix nix/libstore/worker-protocol.hh).
@@ -62,6 +63,9 @@ func (o *op) call(req func(e *encoder), reply func(o *op) error) error {
 
 // IsValidPath reports whether path is valid in the daemon's store.
 func (c *Conn) IsValidPath(ctx context.Context, path string) (bool, error) {
+	if err := checkPaths("is valid path", path); err != nil {
+		return false, err
+	}
 	var valid bool
 	err := c.simple(ctx, "is valid path "+path, nil,
 		func(e *encoder) { e.u64(opIsValidPath); e.string(path) },
@@ -87,6 +91,9 @@ type PathInfo struct {
 // QueryPathInfo returns what the daemon knows about path, or an error
 // wrapping ErrNotValid when the path is not valid.
 func (c *Conn) QueryPathInfo(ctx context.Context, path string) (info *PathInfo, err error) {
+	if err := checkPaths("query path info", path); err != nil {
+		return nil, err
+	}
 	o, err := c.begin(ctx, "query path info "+path, nil)
 	if err != nil {
 		return nil, err
@@ -201,6 +208,9 @@ func isNixBase32(s string) bool {
 // Nix >= 1.27 daemon first tries to substitute the missing ones; Guix has no
 // such flag and never substitutes here.
 func (c *Conn) QueryValidPaths(ctx context.Context, paths []string, substitute bool) ([]string, error) {
+	if err := checkPaths("query valid paths", paths...); err != nil {
+		return nil, err
+	}
 	var valid []string
 	err := c.simple(ctx, "query valid paths", nil,
 		func(e *encoder) {
@@ -216,6 +226,9 @@ func (c *Conn) QueryValidPaths(ctx context.Context, paths []string, substitute b
 
 // QuerySubstitutablePaths returns those of paths that a substituter has.
 func (c *Conn) QuerySubstitutablePaths(ctx context.Context, paths []string) ([]string, error) {
+	if err := checkPaths("query substitutable paths", paths...); err != nil {
+		return nil, err
+	}
 	var subst []string
 	err := c.simple(ctx, "query substitutable paths", nil,
 		func(e *encoder) { e.u64(opQuerySubstitutablePaths); e.strings(paths) },
@@ -226,6 +239,9 @@ func (c *Conn) QuerySubstitutablePaths(ctx context.Context, paths []string) ([]s
 // EnsurePath makes path valid, substituting it if needed (a .drv is
 // substituted, not built).
 func (c *Conn) EnsurePath(ctx context.Context, path string) error {
+	if err := checkPaths("ensure path", path); err != nil {
+		return err
+	}
 	return c.simple(ctx, "ensure path "+path, nil,
 		func(e *encoder) { e.u64(opEnsurePath); e.string(path) },
 		(*op).readOK)
@@ -234,6 +250,9 @@ func (c *Conn) EnsurePath(ctx context.Context, path string) error {
 // AddTempRoot keeps path from the garbage collector for as long as the
 // connection is open.
 func (c *Conn) AddTempRoot(ctx context.Context, path string) error {
+	if err := checkPaths("add temp root", path); err != nil {
+		return err
+	}
 	return c.simple(ctx, "add temp root "+path, nil,
 		func(e *encoder) { e.u64(opAddTempRoot); e.string(path) },
 		(*op).readOK)
@@ -242,6 +261,12 @@ func (c *Conn) AddTempRoot(ctx context.Context, path string) error {
 // AddTextToStore adds a text file (a .drv, a builder script) with the given
 // references and returns its store path.
 func (c *Conn) AddTextToStore(ctx context.Context, name string, content []byte, refs []string) (string, error) {
+	if err := checkPaths("add text to store", refs...); err != nil {
+		return "", err
+	}
+	if err := storepath.ValidateName(name); err != nil {
+		return "", fmt.Errorf("daemon: add text to store: %w: %w", errBadArgument, err)
+	}
 	var path string
 	err := c.simple(ctx, "add text to store "+name, nil,
 		func(e *encoder) {
@@ -283,6 +308,9 @@ type GCResult struct {
 
 // CollectGarbage runs the daemon's garbage collector.
 func (c *Conn) CollectGarbage(ctx context.Context, o GCOptions) (GCResult, error) {
+	if err := checkPaths("collect garbage", o.Paths...); err != nil {
+		return GCResult{}, err
+	}
 	var res GCResult
 	maxFreed := o.MaxFreed
 	if maxFreed == 0 {
