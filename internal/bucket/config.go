@@ -3,7 +3,8 @@
 // them back (the controller's .drv source).
 //
 // Layout (docs/bucket.md): nix-cache-info, <hash>.narinfo,
-// nar/<compression>/<NarHash nixbase32>.nar<ext>, log/<drv base name>.
+// nar/<compression>/<NarHash nixbase32>.nar<ext>, log/<drv base name>,
+// attempt-log/<drv base name>/<attempt>.
 package bucket
 
 import (
