@@ -1,5 +1,6 @@
 // Package agent runs builds on one machine: it holds a Lease, watches the Builds the planner
-// allocates to it, claims them with optimistic concurrency, runs its Builder and reports the result.
+// allocates to it, claims them with optimistic concurrency, runs its build step (agent/buildstep)
+// and reports the result.
 // It runs in an AgentPool pod or anywhere with a kubeconfig.
 package agent
 
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -22,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/guixfarm/guix-farm/agent/buildstep"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/lifecycle"
 )
@@ -43,6 +46,15 @@ type Config struct {
 	RenewInterval time.Duration
 	// ReleaseTimeout bounds the hand-back of running builds on shutdown.
 	ReleaseTimeout time.Duration
+	// BuildTimeout and MaxSilent are the pool's defaults for Builds that set no
+	// spec.timeoutSeconds / spec.maxSilentSeconds (0: none).
+	BuildTimeout, MaxSilent time.Duration
+	// MaxLogBytes bounds each build's log (default 64 MiB).
+	MaxLogBytes int64
+	// LogFlushInterval is how often a running build's log is uploaded so it can be followed.
+	LogFlushInterval time.Duration
+	// HealthInterval is how often the agent checks its health (its daemon, its bucket).
+	HealthInterval time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -64,18 +76,61 @@ func (c *Config) defaults() error {
 	if c.ReleaseTimeout <= 0 {
 		c.ReleaseTimeout = 10 * time.Second
 	}
+	if c.MaxLogBytes <= 0 {
+		c.MaxLogBytes = 64 << 20
+	}
+	if c.LogFlushInterval <= 0 {
+		c.LogFlushInterval = 3 * time.Second
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = 5 * time.Second
+	}
 	return nil
+}
+
+// BuildCache is what the agent needs of its Build cache: controller-runtime's cache narrowed by
+// CacheOptions in production, a fake in unit tests.
+type BuildCache interface {
+	client.Reader
+	GetInformer(ctx context.Context, obj client.Object, opts ...cache.InformerGetOption) (cache.Informer, error)
+	WaitForCacheSync(ctx context.Context) bool
+}
+
+// HealthCheck says whether the agent can build now (its daemon answers, its bucket takes
+// writes, its store has room). While it fails the agent offers no slots and claims nothing.
+type HealthCheck func(ctx context.Context) error
+
+// Deps are what an agent works with.
+type Deps struct {
+	// Client writes to the apiserver directly.
+	Client client.Client
+	// Cache holds the Builds allocated to the agent (see CacheOptions).
+	Cache BuildCache
+	// Step runs one attempt.
+	Step buildstep.Step
+	// Logs stores build logs where users read them; nil keeps only their last lines.
+	Logs LogStore
+	// Health is checked every Config.HealthInterval; nil means always healthy.
+	Health  HealthCheck
+	Clock   clock.WithTicker
+	Log     logr.Logger
+	Metrics *Metrics
 }
 
 // Agent is one running agent.
 type Agent struct {
 	cfg     Config
 	client  client.Client
-	cache   cache.Cache
-	builder Builder
+	cache   BuildCache
+	builder buildstep.Step
+	logs    LogStore
+	health  HealthCheck
 	clock   clock.WithTicker
 	log     logr.Logger
 	metrics *Metrics
+
+	// unhealthy says why the agent claims nothing now ("" while healthy).
+	unhealthy atomic.Pointer[string]
 
 	wake      chan struct{}
 	leaseWake chan struct{}
@@ -94,17 +149,23 @@ type inflight struct {
 }
 
 // New makes an agent. The cache must select Builds with FieldAllocationAgent = cfg.Name
-// (see CacheOptions); cl writes directly to the apiserver.
-func New(cfg Config, cl client.Client, c cache.Cache, b Builder, clk clock.WithTicker, log logr.Logger, m *Metrics) (*Agent, error) {
+// (see CacheOptions).
+func New(cfg Config, d Deps) (*Agent, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	if m == nil {
-		m = NewMetrics(nil)
+	if d.Client == nil || d.Cache == nil || d.Step == nil || d.Clock == nil {
+		return nil, errors.New("agent: Client, Cache, Step and Clock are required")
 	}
-	return &Agent{cfg: cfg, client: cl, cache: c, builder: b, clock: clk, log: log.WithValues("agent", cfg.Name),
-		metrics: m, wake: make(chan struct{}, 1), leaseWake: make(chan struct{}, 1), running: map[types.UID]*inflight{},
-		finished: map[types.UID]int32{}}, nil
+	if d.Metrics == nil {
+		d.Metrics = NewMetrics(nil)
+	}
+	if d.Log.GetSink() == nil {
+		d.Log = logr.Discard()
+	}
+	return &Agent{cfg: cfg, client: d.Client, cache: d.Cache, builder: d.Step, logs: d.Logs, health: d.Health, clock: d.Clock,
+		log: d.Log.WithValues("agent", cfg.Name), metrics: d.Metrics, wake: make(chan struct{}, 1), leaseWake: make(chan struct{}, 1),
+		running: map[types.UID]*inflight{}, finished: map[types.UID]int32{}}, nil
 }
 
 // CacheOptions narrows the agent's Build cache to the Builds allocated to it.
@@ -127,6 +188,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if _, err := inf.AddEventHandler(wakeHandler{a.kick}); err != nil {
 		return fmt.Errorf("watching builds: %w", err)
 	}
+	a.checkHealth(ctx) // before the first Lease write, so a broken agent never offers slots
 	if err := a.renewLease(ctx); err != nil {
 		return fmt.Errorf("creating lease %s/%s: %w", a.cfg.Namespace, a.cfg.Name, err)
 	}
@@ -137,6 +199,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	leaseErr := make(chan error, 1)
 	go func() { leaseErr <- a.holdLease(ctx) }()
+	go a.watchHealth(ctx)
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -250,7 +313,11 @@ func (a *Agent) pruneFinished(cached []farmv1.Build) {
 	}
 }
 
+// free is the number of builds the agent would claim now: none while it is unhealthy.
 func (a *Agent) free() int {
+	if a.unhealthyReason() != "" {
+		return 0
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.cfg.Slots - len(a.running)
@@ -305,8 +372,10 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 		a.kickLease()
 		a.kick()
 	}()
-	log := a.log.WithValues("build", klogRef(b))
-	res, err := a.builder.Build(ctx, Request{Build: b.DeepCopy(), Attempt: b.Status.AttemptCount, Agent: a.cfg.Name})
+	log := a.log.WithValues("build", klogRef(b), "attempt", b.Status.AttemptCount)
+	alog := newAttemptLog(a.logs, b.Spec.Derivation, b.Status.AttemptCount, a.cfg.MaxLogBytes, a.cfg.LogFlushInterval, a.clock, log)
+	res, err := a.builder.Run(ctx, a.request(b, alog))
+	alog.close(context.WithoutCancel(parent))
 	if parent.Err() != nil {
 		return // shutdown hands the build back
 	}
@@ -328,18 +397,80 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 			lifecycle.Cancel(f, now)
 			return nil
 		})
-	case errors.Is(err, ErrRelease):
-		log.Info("Releasing build", "reason", err.Error())
-		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
-			return lifecycle.Release(f, a.cfg.Name, now, farmv1.ReasonAgentReleased, err.Error())
-		})
 	default:
+		if tail := alog.tail(); len(tail) > 0 {
+			err = withTail(err, tail)
+		}
+		kind := buildstep.KindOf(err)
 		a.metrics.Results.WithLabelValues(string(farmv1.AttemptFailed)).Inc()
-		log.Info("Build failed", "error", err.Error())
+		log.Info("Build did not succeed", "kind", kind.String(), "error", err.Error())
+		if kind == buildstep.KindAgentUnhealthy && a.health != nil {
+			a.setUnhealthy(err.Error()) // the health loop clears it once the check passes
+		}
 		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
-			return lifecycle.Fail(f, a.cfg.Name, now, farmv1.ReasonBuildFailed, err.Error())
+			return buildstep.Finish(f, a.cfg.Name, now, err)
 		})
 	}
+}
+
+// request is what the step learns of b.
+func (a *Agent) request(b *farmv1.Build, log *attemptLog) buildstep.Request {
+	req := buildstep.Request{
+		Build: klogRef(b), Derivation: b.Spec.Derivation, System: b.Status.System, Attempt: b.Status.AttemptCount,
+		Agent: a.cfg.Name, Log: log,
+		Limits:     buildstep.Limits{Timeout: a.cfg.BuildTimeout, MaxSilent: a.cfg.MaxSilent, MaxLogBytes: a.cfg.MaxLogBytes},
+		StillOwned: func(ctx context.Context) error { return a.stillOwned(ctx, b) },
+	}
+	if s := b.Spec.TimeoutSeconds; s != nil {
+		req.Limits.Timeout = time.Duration(*s) * time.Second
+	}
+	if s := b.Spec.MaxSilentSeconds; s != nil {
+		req.Limits.MaxSilent = time.Duration(*s) * time.Second
+	}
+	for _, o := range b.Status.Outputs {
+		req.Outputs = append(req.Outputs, buildstep.Output{Name: o.Name, Path: o.Path, NarHash: o.NarHash})
+	}
+	for k, v := range b.Annotations {
+		if dom, _, ok := strings.Cut(k, "/"); ok && (dom == "guixfarm.io" || strings.HasSuffix(dom, ".guixfarm.io")) {
+			if req.Hints == nil {
+				req.Hints = map[string]string{}
+			}
+			req.Hints[k] = v
+		}
+	}
+	return req
+}
+
+// stillOwned reads b afresh from the apiserver (not the cache, which may lag behind a takeover)
+// and says whether this agent still runs the attempt it claimed.
+func (a *Agent) stillOwned(ctx context.Context, b *farmv1.Build) error {
+	got := &farmv1.Build{}
+	if err := a.client.Get(ctx, client.ObjectKeyFromObject(b), got); err != nil {
+		return fmt.Errorf("checking ownership of %s: %w", klogRef(b), err)
+	}
+	switch {
+	case got.UID != b.UID:
+		return fmt.Errorf("build %s was deleted and re-created", klogRef(b))
+	case got.Spec.Canceled:
+		return fmt.Errorf("build %s was canceled", klogRef(b))
+	case !lifecycle.Holds(got, a.cfg.Name) || got.Status.AttemptCount != b.Status.AttemptCount:
+		return fmt.Errorf("attempt %d of %s is no longer held by %s: %w", b.Status.AttemptCount, klogRef(b), a.cfg.Name, lifecycle.ErrNotHolder)
+	}
+	return nil
+}
+
+// withTail gives a failure without the log's last lines those the agent kept.
+func withTail(err error, tail []string) error {
+	var se *buildstep.Error
+	if errors.As(err, &se) {
+		if len(se.LogTail) > 0 {
+			return err
+		}
+		c := *se
+		c.LogTail = tail
+		return &c
+	}
+	return buildstep.BuildFailed(err, tail)
 }
 
 // report applies change to b and writes it. It first tries the copy it holds (after a claim, the
@@ -438,11 +569,16 @@ func (a *Agent) abortAll() {
 	}
 }
 
-func mergeOutputs(known, built []farmv1.Output) []farmv1.Output {
+// mergeOutputs is the Build's outputs with what the step published: the NarHash of each.
+func mergeOutputs(known []farmv1.Output, built []buildstep.Output) []farmv1.Output {
 	if len(built) == 0 {
 		return known
 	}
-	return built
+	out := make([]farmv1.Output, 0, len(built))
+	for _, o := range built {
+		out = append(out, farmv1.Output{Name: o.Name, Path: o.Path, NarHash: o.NarHash})
+	}
+	return out
 }
 
 func klogRef(b *farmv1.Build) string { return b.Namespace + "/" + b.Name }

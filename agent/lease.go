@@ -63,7 +63,7 @@ func (a *Agent) kickLease() {
 // renewLease creates or renews the agent's Lease with its current free slots.
 func (a *Agent) renewLease(ctx context.Context) error {
 	info := agentlease.Info{Name: a.cfg.Name, Pool: a.cfg.Pool, Systems: a.cfg.Systems, Features: a.cfg.Features,
-		Slots: a.cfg.Slots, FreeSlots: a.free()}
+		Slots: a.cfg.Slots, FreeSlots: a.free(), Unhealthy: a.unhealthyReason()}
 	key := client.ObjectKey{Namespace: a.cfg.Namespace, Name: a.cfg.Name}
 	l := &coordinationv1.Lease{}
 	err := a.client.Get(ctx, key, l)

@@ -14,7 +14,7 @@ import (
 
 	"k8s.io/utils/clock"
 
-	"github.com/guixfarm/guix-farm/agent"
+	"github.com/guixfarm/guix-farm/agent/buildstep"
 )
 
 // Annotations on a Build that steer the test builder.
@@ -29,7 +29,6 @@ const (
 type Record struct {
 	Event   string    `json:"event"` // start, end
 	Build   string    `json:"build"`
-	UID     string    `json:"uid"`
 	Drv     string    `json:"drv"`
 	Agent   string    `json:"agent"`
 	Attempt int32     `json:"attempt"`
@@ -46,43 +45,43 @@ type Builder struct {
 	mu sync.Mutex
 }
 
-var _ agent.Builder = (*Builder)(nil)
+var _ buildstep.Step = (*Builder)(nil)
 
-// Build implements agent.Builder.
-func (t *Builder) Build(ctx context.Context, req agent.Request) (agent.Result, error) {
-	b := req.Build
+// Run implements buildstep.Step.
+func (t *Builder) Run(ctx context.Context, req buildstep.Request) (buildstep.Result, error) {
 	d := t.Duration
-	if v, ok := b.Annotations[AnnotationDuration]; ok {
+	if v, ok := req.Hints[AnnotationDuration]; ok {
 		pd, err := time.ParseDuration(v)
 		if err != nil {
-			return agent.Result{}, fmt.Errorf("annotation %s: %w", AnnotationDuration, err)
+			return buildstep.Result{}, fmt.Errorf("annotation %s: %w", AnnotationDuration, err)
 		}
 		d = pd
 	}
 	failN := 0
-	if v, ok := b.Annotations[AnnotationFailAttempts]; ok {
+	if v, ok := req.Hints[AnnotationFailAttempts]; ok {
 		n, err := strconv.Atoi(v)
 		if err != nil {
-			return agent.Result{}, fmt.Errorf("annotation %s: %w", AnnotationFailAttempts, err)
+			return buildstep.Result{}, fmt.Errorf("annotation %s: %w", AnnotationFailAttempts, err)
 		}
 		failN = n
 	}
-	rec := Record{Build: b.Namespace + "/" + b.Name, UID: string(b.UID), Drv: b.Spec.Derivation, Agent: req.Agent, Attempt: req.Attempt}
+	rec := Record{Build: req.Build, Drv: req.Derivation, Agent: req.Agent, Attempt: req.Attempt}
 	t.record(rec, "start", "")
 	if d > 0 {
 		select {
 		case <-ctx.Done():
 			t.record(rec, "end", "aborted")
-			return agent.Result{}, ctx.Err()
+			return buildstep.Result{}, ctx.Err()
 		case <-t.Clock.After(d):
 		}
 	}
 	if int(req.Attempt) <= failN {
 		t.record(rec, "end", "failed")
-		return agent.Result{}, fmt.Errorf("test builder: attempt %d of %d set to fail by %s", req.Attempt, failN, AnnotationFailAttempts)
+		return buildstep.Result{}, fmt.Errorf("test builder: attempt %d of %d set to fail by %s", req.Attempt, failN, AnnotationFailAttempts)
 	}
 	t.record(rec, "end", "succeeded")
-	return agent.Result{Outputs: b.Status.Outputs}, nil
+	fmt.Fprintf(req.Log, "test builder: %s attempt %d built in %s\n", req.Derivation, req.Attempt, d)
+	return buildstep.Result{Outputs: req.Outputs}, nil
 }
 
 func (t *Builder) record(r Record, event, result string) {

@@ -46,6 +46,13 @@ const (
 	ReasonCanceled        = "Canceled"
 	ReasonSucceeded       = "Succeeded"
 	ReasonRetriesExceeded = "RetriesExceeded"
+	// Reasons of the agent's build step (agent/buildstep maps each failure to one).
+	ReasonMissingInputs   = "MissingInputs"
+	ReasonSetupFailed     = "SetupFailed"
+	ReasonTimedOut        = "TimedOut"
+	ReasonLogLimit        = "LogLimitExceeded"
+	ReasonNotReproducible = "NotReproducible"
+	ReasonAgentUnhealthy  = "AgentUnhealthy"
 )
 
 // BuildSpec is what the user asked for.
@@ -102,6 +109,18 @@ type BuildSpec struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
+
+	// TimeoutSeconds bounds each attempt's build time; past it the attempt ends TimedOut and the
+	// Build fails without another attempt. Unset takes the agent pool's default.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	TimeoutSeconds *int32 `json:"timeoutSeconds,omitempty"`
+
+	// MaxSilentSeconds bounds the time a build may run without log output; past it the attempt
+	// ends TimedOut. Unset takes the agent pool's default.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	MaxSilentSeconds *int32 `json:"maxSilentSeconds,omitempty"`
 }
 
 // RetryPolicy bounds attempts and spaces them out.
@@ -259,6 +278,37 @@ type BuildStatus struct {
 	// CompletionTime is when the build finished.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+
+	// MissingInputs is what the last attempt could neither find nor substitute; the Build waits
+	// for them (never fails for them). Cleared when an attempt starts.
+	// +optional
+	MissingInputs *MissingInputs `json:"missingInputs,omitempty"`
+}
+
+// MaxMissingInputs bounds each list of MissingInputs; More counts the rest.
+const MaxMissingInputs = 32
+
+// MissingInputs names inputs an agent could not substitute.
+type MissingInputs struct {
+	// Paths are the missing store paths.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=255
+	Paths []string `json:"paths,omitempty"`
+	// Derivations produce the missing paths, where known.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=255
+	Derivations []string `json:"derivations,omitempty"`
+	// More counts the paths and derivations left out of the lists above.
+	// +optional
+	More int32 `json:"more,omitempty"`
+	// Agent reported them.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Agent string `json:"agent,omitempty"`
 }
 
 // Build asks the farm to build one derivation.

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/guixfarm/guix-farm/agent"
+	"github.com/guixfarm/guix-farm/agent/buildstep"
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 )
@@ -66,7 +67,7 @@ func run() error {
 	cfg.Systems = splitList(systems)
 	cfg.Features = splitList(features)
 
-	var builder agent.Builder
+	var builder buildstep.Step
 	switch builderName {
 	case "test":
 		builder = &testbuilder.Builder{Duration: testDuration, RecordPath: record, Clock: clock.RealClock{}}
@@ -99,7 +100,7 @@ func run() error {
 	}
 	reg := prometheus.NewRegistry()
 	m := agent.NewMetrics(reg)
-	a, err := agent.New(cfg, cl, c, builder, clock.RealClock{}, log, m)
+	a, err := agent.New(cfg, agent.Deps{Client: cl, Cache: c, Step: builder, Clock: clock.RealClock{}, Log: log, Metrics: m})
 	if err != nil {
 		return err
 	}

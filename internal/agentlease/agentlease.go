@@ -28,6 +28,11 @@ const (
 	AnnotationSlots = "build.guixfarm.io/slots"
 	// AnnotationFreeSlots is the number of slots not running a build.
 	AnnotationFreeSlots = "build.guixfarm.io/free-slots"
+	// AnnotationUnhealthy says why the agent offers no slots (its daemon is unreachable, the
+	// bucket refuses writes, the store is full); absent while it is healthy.
+	AnnotationUnhealthy = "build.guixfarm.io/unhealthy"
+	// maxUnhealthy bounds the reason kept on the Lease.
+	maxUnhealthy = 256
 )
 
 // Info is what the Lease says about an agent.
@@ -38,6 +43,8 @@ type Info struct {
 	Features  []string
 	Slots     int
 	FreeSlots int
+	// Unhealthy, when not empty, says why the agent claims nothing now.
+	Unhealthy string
 	// Expires is when the Lease lapses unless renewed.
 	Expires time.Time
 }
@@ -65,6 +72,15 @@ func Apply(l *coordinationv1.Lease, info Info, now time.Time, d time.Duration) {
 	l.Annotations[AnnotationFeatures] = strings.Join(info.Features, ",")
 	l.Annotations[AnnotationSlots] = strconv.Itoa(info.Slots)
 	l.Annotations[AnnotationFreeSlots] = strconv.Itoa(info.FreeSlots)
+	if info.Unhealthy != "" {
+		u := info.Unhealthy
+		if len(u) > maxUnhealthy {
+			u = u[:maxUnhealthy-3] + "..."
+		}
+		l.Annotations[AnnotationUnhealthy] = u
+	} else {
+		delete(l.Annotations, AnnotationUnhealthy)
+	}
 	holder := info.Name
 	secs := int32(d / time.Second)
 	renew := metav1.NewMicroTime(now)
@@ -91,6 +107,7 @@ func Parse(l *coordinationv1.Lease) (Info, error) {
 	if f := l.Annotations[AnnotationFeatures]; f != "" {
 		info.Features = strings.Split(f, ",")
 	}
+	info.Unhealthy = l.Annotations[AnnotationUnhealthy]
 	var err error
 	if info.Slots, err = strconv.Atoi(l.Annotations[AnnotationSlots]); err != nil {
 		return info, fmt.Errorf("lease %s/%s: annotation %s: %w", l.Namespace, l.Name, AnnotationSlots, err)

@@ -48,6 +48,7 @@ func Claim(b *farmv1.Build, agent string, now time.Time) error {
 	st.Attempt = &farmv1.Attempt{Agent: agent, Started: metav1.NewTime(now)}
 	st.AttemptCount++
 	st.RetryAfter = nil
+	st.MissingInputs = nil
 	if st.StartTime == nil {
 		st.StartTime = &t
 	}
@@ -87,6 +88,23 @@ func Fail(b *farmv1.Build, agent string, now time.Time, reason, message string) 
 	}
 	endAttempt(b, now, farmv1.AttemptFailed, reason, message)
 	requeueOrFinish(b, now, reason, message, true)
+	return nil
+}
+
+// FailFinal ends the attempt in flight as failed and the Build with it, whatever attempts remain:
+// for failures another attempt would only repeat (a timeout, a log past its limit). reason is the
+// Succeeded condition's reason, so `kubectl get` shows why.
+func FailFinal(b *farmv1.Build, agent string, now time.Time, reason, message string) error {
+	if !Holds(b, agent) {
+		return ErrNotHolder
+	}
+	endAttempt(b, now, farmv1.AttemptFailed, reason, message)
+	if b.Spec.Canceled {
+		Cancel(b, now)
+		return nil
+	}
+	finish(b, now, farmv1.BuildFailed, metav1.ConditionFalse, reason,
+		fmt.Sprintf("Attempt %d: %s: %s", b.Status.AttemptCount, reason, message))
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/guixfarm/guix-farm/agent"
+	"github.com/guixfarm/guix-farm/agent/buildstep"
 )
 
 var (
@@ -135,7 +136,7 @@ func tail(s string, n int) string {
 }
 
 // StartInProcessAgent runs an agent inside the test process (for benchmarks: no process start-up).
-func (e *Env) StartInProcessAgent(t testing.TB, ctx context.Context, cfg agent.Config, b agent.Builder, log logr.Logger) {
+func (e *Env) StartInProcessAgent(t testing.TB, ctx context.Context, cfg agent.Config, b buildstep.Step, log logr.Logger) {
 	t.Helper()
 	copts := agent.CacheOptions(cfg.Name, cfg.Namespace)
 	copts.Scheme = e.Scheme
@@ -147,7 +148,7 @@ func (e *Env) StartInProcessAgent(t testing.TB, ctx context.Context, cfg agent.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(cfg, cl, c, b, clock.RealClock{}, log, nil)
+	a, err := agent.New(cfg, agent.Deps{Client: cl, Cache: c, Step: b, Clock: clock.RealClock{}, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/guixfarm/guix-farm/agent"
+	"github.com/guixfarm/guix-farm/agent/buildstep"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/planner"
 	"github.com/guixfarm/guix-farm/test/farm"
@@ -26,8 +27,8 @@ import (
 // noop builds nothing, at once.
 type noop struct{}
 
-func (noop) Build(_ context.Context, req agent.Request) (agent.Result, error) {
-	return agent.Result{Outputs: req.Build.Status.Outputs}, nil
+func (noop) Run(_ context.Context, req buildstep.Request) (buildstep.Result, error) {
+	return buildstep.Result{Outputs: req.Outputs}, nil
 }
 
 // BenchmarkThroughput carries Builds from Pending to Succeeded with a no-op builder and 10 agents,

@@ -155,16 +155,16 @@ func checkRecords(t *testing.T, path string, killedAt time.Time, byName map[stri
 	open := map[string]map[int32]*span{}
 	spans := map[string][]*span{}
 	for _, r := range recs {
-		if open[r.UID] == nil {
-			open[r.UID] = map[int32]*span{}
+		if open[r.Build] == nil {
+			open[r.Build] = map[int32]*span{}
 		}
 		switch r.Event {
 		case "start":
 			s := &span{agent: r.Agent, start: r.Time}
-			open[r.UID][r.Attempt] = s
-			spans[r.UID] = append(spans[r.UID], s)
+			open[r.Build][r.Attempt] = s
+			spans[r.Build] = append(spans[r.Build], s)
 		case "end":
-			if s := open[r.UID][r.Attempt]; s != nil {
+			if s := open[r.Build][r.Attempt]; s != nil {
 				s.end = r.Time
 			}
 		}
