@@ -47,9 +47,9 @@ type StoreItem struct {
 	CA      string
 	// NarHash ("sha256:<nixbase32>", "sha256:<hex>", bare hex, or SRI
 	// "sha256-<base64>", as the daemon or nix path-info reports it) and
-	// NarSize, if known. When NarHash is empty the
-	// publisher reads the NAR twice: once to hash it (its object name is
-	// the NarHash), once to upload it.
+	// NarSize, if known. When NarHash is empty the publisher reads the NAR
+	// twice: once to hash it (its object name is the NarHash), once to
+	// upload it.
 	NarHash string
 	NarSize uint64
 	// Open returns the item's NAR stream; it may be called more than once
