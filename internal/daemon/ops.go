@@ -112,7 +112,7 @@ func (o *op) queryPathInfo(path string) (*PathInfo, error) {
 			return err
 		})
 	var de *Error
-	if c.dialect == Guix && errors.As(err, &de) && isNotValidMessage(de.Message) {
+	if c.dialect == Guix && errors.As(err, &de) && isNotValidMessage(de.Message, path) {
 		// Guix has no "found" flag: a missing path is an error frame
 		// ("path `…' is not valid").
 		return nil, fmt.Errorf("%w (%w)", ErrNotValid, de)
@@ -120,10 +120,10 @@ func (o *op) queryPathInfo(path string) (*PathInfo, error) {
 	return info, err
 }
 
-// isNotValidMessage recognises Guix's InvalidPath message
-// (local-store.cc: "path `%1%' is not valid").
-func isNotValidMessage(msg string) bool {
-	return strings.Contains(msg, "is not valid")
+// isNotValidMessage recognises Guix's InvalidPath message about path
+// (local-store.cc queryPathInfo: "path `%1%' is not valid").
+func isNotValidMessage(msg, path string) bool {
+	return strings.Contains(msg, "`"+path+"' is not valid")
 }
 
 func (c *Conn) readPathInfo(path string) (*PathInfo, error) {
