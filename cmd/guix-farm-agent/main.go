@@ -21,10 +21,13 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/guixfarm/guix-farm/agent"
 	"github.com/guixfarm/guix-farm/agent/buildstep"
+	"github.com/guixfarm/guix-farm/agent/daemonbuilder"
+	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 )
@@ -40,11 +43,16 @@ func run() error {
 	host, _ := os.Hostname()
 	var (
 		cfg                     agent.Config
+		dcfg                    daemonbuilder.Config
+		bcfg                    bucket.Config
 		kubeconfig, builderName string
 		systems, features       string
 		metricsAddr, record     string
+		substituteURLs, keys    string
+		keyFiles, bucketURL     string
 		testDuration            time.Duration
 		qps                     float64
+		store                   daemonbuilder.StoreHygiene
 	)
 	flag.StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; in-cluster config when empty")
 	flag.StringVar(&cfg.Name, "name", envOr("AGENT_NAME", host), "agent name, also the name of its Lease (default: $AGENT_NAME or the host name)")
@@ -55,7 +63,23 @@ func run() error {
 	flag.IntVar(&cfg.Slots, "slots", 1, "builds run at once")
 	flag.DurationVar(&cfg.LeaseDuration, "lease-duration", 40*time.Second, "Lease duration: an agent silent this long is lost")
 	flag.DurationVar(&cfg.RenewInterval, "renew-interval", 0, "Lease renewal interval (default: a quarter of --lease-duration)")
-	flag.StringVar(&builderName, "builder", "test", "build step: test (sleeps; for tests and demos)")
+	flag.DurationVar(&cfg.BuildTimeout, "build-timeout", 0, "default build timeout of Builds without spec.timeoutSeconds (0: the daemon's)")
+	flag.DurationVar(&cfg.MaxSilent, "max-silent-time", 0, "default max silent time of Builds without spec.maxSilentSeconds (0: none)")
+	flag.Int64Var(&cfg.MaxLogBytes, "max-log-bytes", 64<<20, "a build whose log grows past this ends LogLimitExceeded")
+	flag.DurationVar(&cfg.LogFlushInterval, "log-flush-interval", 3*time.Second, "how often a running build's log is uploaded")
+	flag.StringVar(&builderName, "builder", "daemon", "build step: daemon (builds through guix-daemon or nix-daemon), or test (sleeps; for tests and benchmarks)")
+	flag.StringVar(&dcfg.Socket, "daemon-socket", envOr("GUIX_DAEMON_SOCKET", "/var/guix/daemon-socket/socket"), "the daemon's Unix socket")
+	flag.StringVar(&substituteURLs, "substitute-urls", "", "comma-separated substitute URLs the daemon uses after the farm's bucket (e.g. a distribution's)")
+	flag.StringVar(&keys, "trusted-public-keys", "", "comma-separated Nix public keys (name:base64) of the substitute servers, the farm's own included (Guix daemons read /etc/guix/acl)")
+	flag.IntVar(&dcfg.Cores, "cores", 0, "cores each build may use (0: all)")
+	flag.StringVar(&store.Path, "store-path", "", "the store as this agent sees it (the shared volume), for its free-space floor; empty skips the check")
+	flag.Float64Var(&store.MinFreePercent, "min-free-percent", 10, "claim nothing while the store has less free space than this")
+	flag.Float64Var(&store.TargetFreePercent, "gc-target-free-percent", 20, "when below the floor, ask the daemon to collect garbage up to this")
+	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the farm's bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
+	flag.StringVar(&bcfg.Bucket, "bucket", "", "the farm's bucket, where outputs and logs are published")
+	flag.StringVar(&bcfg.StoreDir, "store-dir", "/gnu/store", "store directory of the daemon")
+	flag.StringVar(&keyFiles, "signing-keys", "", "comma-separated signing key files (Guix signing-key.sec, Nix nix-signing-key.sec)")
+	flag.StringVar(&bucketURL, "bucket-url", "", "the bucket's public substitute URL for the daemon (default: http(s)://<endpoint>/<bucket>)")
 	flag.DurationVar(&testDuration, "test-duration", time.Second, "test builder: how long a build takes")
 	flag.StringVar(&record, "test-record", "", "test builder: file to append attempt records to")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "", "address of the Prometheus endpoint (e.g. :8080); empty disables it")
@@ -64,15 +88,46 @@ func run() error {
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	log := zap.New(zap.UseFlagOptions(&opts))
+	ctrllog.SetLogger(log) // else controller-runtime prints a stack trace at the first log line
 	cfg.Systems = splitList(systems)
 	cfg.Features = splitList(features)
 
-	var builder buildstep.Step
+	var (
+		builder buildstep.Step
+		logs    agent.LogStore
+		health  agent.HealthCheck
+	)
 	switch builderName {
 	case "test":
 		builder = &testbuilder.Builder{Duration: testDuration, RecordPath: record, Clock: clock.RealClock{}}
+	case "daemon":
+		if bcfg.Endpoint == "" || bcfg.Bucket == "" {
+			return fmt.Errorf("--builder daemon publishes to the farm's bucket: give --bucket-endpoint and --bucket")
+		}
+		bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+		bcfg.KeyFiles, bcfg.Log = splitList(keyFiles), log.WithName("bucket")
+		pub, err := bucket.NewPublisher(bcfg)
+		if err != nil {
+			return fmt.Errorf("--bucket-endpoint/--bucket/--signing-keys: %w", err)
+		}
+		if bucketURL == "" {
+			if bucketURL, err = bcfg.PublicURL(); err != nil {
+				return err
+			}
+		}
+		// The farm's bucket first: what the farm built (and what was submitted) is there.
+		dcfg.SubstituteURLs = append([]string{bucketURL}, splitList(substituteURLs)...)
+		dcfg.TrustedPublicKeys = splitList(keys)
+		bp := daemonbuilder.BucketPublisher{P: pub}
+		db, err := daemonbuilder.New(dcfg, bp, log.WithName("daemon"))
+		if err != nil {
+			return err
+		}
+		store.Agent = cfg.Name
+		builder, logs = db, daemonbuilder.BucketLogs{P: pub}
+		health = func(ctx context.Context) error { return db.Check(ctx, bp, store) }
 	default:
-		return fmt.Errorf("--builder %q: the only build step so far is \"test\"", builderName)
+		return fmt.Errorf("--builder %q: choose daemon or test", builderName)
 	}
 
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
@@ -100,7 +155,7 @@ func run() error {
 	}
 	reg := prometheus.NewRegistry()
 	m := agent.NewMetrics(reg)
-	a, err := agent.New(cfg, agent.Deps{Client: cl, Cache: c, Step: builder, Clock: clock.RealClock{}, Log: log, Metrics: m})
+	a, err := agent.New(cfg, agent.Deps{Client: cl, Cache: c, Step: builder, Logs: logs, Health: health, Clock: clock.RealClock{}, Log: log, Metrics: m})
 	if err != nil {
 		return err
 	}

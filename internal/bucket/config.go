@@ -162,6 +162,26 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
+// PublicURL is the bucket's anonymous HTTP(S) URL, path-style: the substitute URL that guix and
+// nix clients (and the agents' daemons) are given.
+func (c Config) PublicURL() (string, error) {
+	if c.Bucket == "" {
+		return "", errors.New("bucket: no bucket name (--bucket)")
+	}
+	host, scheme := c.Endpoint, "http"
+	if c.Secure {
+		scheme = "https"
+	}
+	if strings.Contains(host, "://") {
+		u, err := url.Parse(host)
+		if err != nil || u.Host == "" {
+			return "", fmt.Errorf("bucket: endpoint %q: want host:port or http(s)://host[:port]", c.Endpoint)
+		}
+		host, scheme = u.Host, u.Scheme
+	}
+	return scheme + "://" + host + "/" + c.Bucket, nil
+}
+
 // NewClient makes the S3 client for c's endpoint and credentials (anonymous when both keys are
 // empty). minio-go's own retries stay on (few), so a failed part is re-sent from its buffer
 // instead of restarting the item.

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/minio/minio-go/v7"
@@ -55,6 +56,11 @@ type StoreItem struct {
 	// Open returns the item's NAR stream; it may be called more than once
 	// (hashing pass, retries).
 	Open func(ctx context.Context) (io.ReadCloser, error)
+	// Commit, when set, runs after the nar is uploaded and verified, right
+	// before the narinfo is written; its error leaves the narinfo unwritten
+	// (the nar stays for GC). An agent checks there, freshly, that it still
+	// owns the attempt whose output this is.
+	Commit func(ctx context.Context) error
 }
 
 // DiskItem is a store item whose files are at dir on this machine (the
@@ -329,6 +335,11 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) 
 		extra := refs.others(slices.DeleteFunc(scanned, func(b string) bool { return slices.Contains(refs.declared, b) }))
 		if err := o.beforeNarInfo(ctx, extra); err != nil {
 			return res, fmt.Errorf("publish %s: %w", item.StorePath, err)
+		}
+	}
+	if item.Commit != nil {
+		if err := item.Commit(ctx); err != nil {
+			return res, fmt.Errorf("publish %s: not writing the narinfo: %w", item.StorePath, err)
 		}
 	}
 	if p.beforeNarInfo != nil {
@@ -705,4 +716,13 @@ func AnonymousReadPolicy(bucket string) string {
 	return fmt.Sprintf(`{"Version":"2012-10-17","Statement":[`+
 		`{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:GetObject"],"Resource":["arn:aws:s3:::%[1]s/*"]},`+
 		`{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:ListBucket"],"Resource":["arn:aws:s3:::%[1]s"]}]}`, bucket)
+}
+
+// ProbeWrite writes a small object, health/<name>, to check that the bucket takes writes with
+// these credentials: an agent offers no slots while it fails, rather than failing builds.
+func (p *Publisher) ProbeWrite(ctx context.Context, name string) error {
+	key := "health/" + name
+	body := strings.NewReader(time.Now().UTC().Format(time.RFC3339))
+	_, err := p.c.PutObject(ctx, p.cfg.Bucket, key, body, body.Size(), minio.PutObjectOptions{ContentType: "text/plain"})
+	return explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
 }

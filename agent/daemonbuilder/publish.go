@@ -1,0 +1,168 @@
+package daemonbuilder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/guixfarm/guix-farm/agent/buildstep"
+	"github.com/guixfarm/guix-farm/internal/daemon"
+	"github.com/guixfarm/guix-farm/internal/derivation"
+)
+
+// Publisher is the only way a build's results leave the agent. It is an interface so that a later
+// change can move bucket credentials and signing keys out of agent pods (presigned uploads, a
+// narinfo signed by the controller) without touching the build loop.
+type Publisher interface {
+	// Publish makes items available as substitutes, references first (items come in that
+	// order): each item's nar, verified, then its signed narinfo. Items already published with
+	// the same NarHash cost a lookup. commit runs right before the narinfo of each item marked
+	// Output is written; its error stops the publication with nothing more written.
+	Publish(ctx context.Context, items []Item, commit func(context.Context) error) ([]Published, error)
+}
+
+// Item is one store path to publish.
+type Item struct {
+	Info daemon.PathInfo
+	// Output marks the outputs of the attempt (the rest is their closure).
+	Output bool
+	// Open streams the item's nar; it may be called more than once.
+	Open func(ctx context.Context) (io.ReadCloser, error)
+}
+
+// Published is what Publish did with one item.
+type Published struct {
+	Path    string
+	NarHash string
+	// AlreadyPresent: the bucket had it, nothing was uploaded.
+	AlreadyPresent bool
+}
+
+// ErrNotReproducible is matched by a publisher's error when an output is already published with
+// another NarHash.
+var ErrNotReproducible = errors.New("output already published with another NarHash")
+
+// maxClosure bounds the closure walked for one attempt.
+const maxClosure = 100_000
+
+// publish publishes the outputs' closure and returns the outputs with their NarHashes.
+func (b *Builder) publish(ctx context.Context, conn *daemon.Conn, req buildstep.Request, drv *derivation.Derivation, outputs []string) (buildstep.Result, error) {
+	paths := drv.OutputPaths()
+	var outPaths []string
+	for _, name := range outputs {
+		p, ok := paths[name]
+		if !ok || p == "" {
+			return buildstep.Result{}, buildstep.SetupFailed(fmt.Errorf("%s has no output %q with a known path", req.Derivation, name))
+		}
+		outPaths = append(outPaths, p)
+	}
+	items, err := b.closure(ctx, conn, outPaths)
+	if err != nil {
+		return buildstep.Result{}, err
+	}
+	commit := func(ctx context.Context) error {
+		if err := req.StillOwned(ctx); err != nil {
+			return fmt.Errorf("%w: %w", errOwnership, err)
+		}
+		return nil
+	}
+	pubd, err := b.pub.Publish(ctx, items, commit)
+	if err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return buildstep.Result{}, ctx.Err()
+		case errors.Is(err, ErrNotReproducible):
+			return buildstep.Result{}, buildstep.NotReproducible(err)
+		case errors.Is(err, errOwnership):
+			return buildstep.Result{}, err // the agent's report finds it lost the attempt
+		}
+		// The bucket refusing writes is the agent's trouble (credentials, outage), not the build's.
+		return buildstep.Result{}, buildstep.AgentUnhealthy(fmt.Errorf("publishing %s: %w", req.Derivation, err))
+	}
+	hashes := map[string]string{}
+	for _, p := range pubd {
+		hashes[p.Path] = p.NarHash
+	}
+	res := buildstep.Result{}
+	for i, name := range outputs {
+		res.Outputs = append(res.Outputs, buildstep.Output{Name: name, Path: outPaths[i], NarHash: hashes[outPaths[i]]})
+	}
+	return res, nil
+}
+
+// errOwnership wraps a failed ownership check.
+var errOwnership = errors.New("attempt no longer owned")
+
+// closure is the outputs and everything they refer to, references first, from the daemon.
+func (b *Builder) closure(ctx context.Context, conn *daemon.Conn, outputs []string) ([]Item, error) {
+	isOutput := map[string]bool{}
+	for _, p := range outputs {
+		isOutput[p] = true
+	}
+	infos := map[string]*daemon.PathInfo{}
+	var order []string
+	var visit func(p string) error
+	visit = func(p string) error {
+		if _, ok := infos[p]; ok {
+			return nil
+		}
+		if len(infos) >= maxClosure {
+			return buildstep.SetupFailed(fmt.Errorf("closure of the outputs larger than %d paths", maxClosure))
+		}
+		info, err := conn.QueryPathInfo(ctx, p)
+		if err != nil {
+			return b.classify(ctx, err, "querying "+p, nil)
+		}
+		infos[p] = info
+		for _, r := range info.References {
+			if r != p {
+				if err := visit(r); err != nil {
+					return err
+				}
+			}
+		}
+		order = append(order, p) // after its references
+		return nil
+	}
+	for _, p := range outputs {
+		if err := visit(p); err != nil {
+			return nil, err
+		}
+	}
+	items := make([]Item, 0, len(order))
+	for _, p := range order {
+		items = append(items, Item{Info: *infos[p], Output: isOutput[p], Open: b.narOpener(p)})
+	}
+	return items, nil
+}
+
+// narOpener streams a path's nar on a connection of its own, so items upload in parallel and a
+// half-read stream never spoils the attempt's connection.
+func (b *Builder) narOpener(path string) func(ctx context.Context) (io.ReadCloser, error) {
+	return func(ctx context.Context) (io.ReadCloser, error) {
+		conn, err := b.dial(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("connecting to the daemon for the nar of %s: %w", path, err)
+		}
+		r, err := conn.Nar(ctx, path)
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return narStream{r, conn}, nil
+	}
+}
+
+type narStream struct {
+	io.ReadCloser
+	conn *daemon.Conn
+}
+
+func (s narStream) Close() error {
+	err := s.ReadCloser.Close()
+	if cerr := s.conn.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
