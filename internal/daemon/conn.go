@@ -95,7 +95,7 @@ func Dial(ctx context.Context, socket string) (*Conn, error) {
 	}
 	c, err := NewConn(ctx, nc)
 	if err != nil {
-		return nil, fmt.Errorf("daemon: %s: %w", socket, err)
+		return nil, fmt.Errorf("%w (socket %s)", err, socket)
 	}
 	return c, nil
 }
