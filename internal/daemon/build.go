@@ -40,17 +40,17 @@ func (c *Conn) checkDerivedPath(p DerivedPath) error {
 	}
 	if len(p.Outputs) == 0 {
 		if strings.HasSuffix(p.Drv, ".drv") {
-			return fmt.Errorf("daemon: build paths: %w: %s: the outputs to build must be named (drv!out)", errBadArgument, p.Drv)
+			return fmt.Errorf("daemon: build paths: %w: %s: the outputs to build must be named (drv!out)", ErrInvalidArgument, p.Drv)
 		}
 		return nil
 	}
 	for _, out := range p.Outputs {
 		switch {
 		case out == "" || strings.ContainsAny(out, "!,"):
-			return fmt.Errorf("daemon: build paths: %w: %s: invalid output name %q", errBadArgument, p.Drv, out)
+			return fmt.Errorf("daemon: build paths: %w: %s: invalid output name %q", ErrInvalidArgument, p.Drv, out)
 		case out == "*" && c.dialect == Guix:
 			// Only Nix knows "!*"; Guix would look for an output named "*".
-			return fmt.Errorf("daemon: build paths: %w: %s: Guix has no \"all outputs\" wildcard; name the outputs", errBadArgument, p.Drv)
+			return fmt.Errorf("daemon: build paths: %w: %s: Guix has no \"all outputs\" wildcard; name the outputs", ErrInvalidArgument, p.Drv)
 		}
 	}
 	return nil
@@ -99,10 +99,12 @@ type Options struct {
 	// in Nix and old Guix). Whole seconds.
 	BuildTimeout  time.Duration
 	MaxSilentTime time.Duration
-	// Cores is the builders' NIX_BUILD_CORES; 0 means all.
+	// Cores is the builders' NIX_BUILD_CORES; 0 means all cores to Nix
+	// and leaves a Guix daemon (>= 0x61) at its own setting.
 	Cores int
-	// MaxJobs is the number of builds run at once; 0 means 1 (Nix takes 0
-	// literally, as "build nothing locally").
+	// MaxJobs is the number of builds run at once. 0 is sent as 1 to Nix
+	// (which takes 0 literally, as "build nothing locally") and to Guix
+	// below 0x61, and leaves a newer Guix daemon at its own setting.
 	MaxJobs int
 	// PrintBuildTrace asks Guix for "@ …" trace lines (LogTrace).
 	PrintBuildTrace bool

@@ -245,7 +245,7 @@ func (o *op) end(err error) error {
 		c.fail(fmt.Errorf("%w: the daemon hung up after an error in %s: %v", ErrClosed, o.name, err))
 		return fmt.Errorf("daemon: %s: %w", o.name, err)
 	}
-	if errors.As(err, &de) || errors.Is(err, errBadArgument) || errors.Is(err, ErrNotValid) {
+	if errors.As(err, &de) || errors.Is(err, ErrInvalidArgument) || errors.Is(err, ErrNotValid) {
 		return fmt.Errorf("daemon: %s: %w", o.name, err)
 	}
 	if b := c.brokenErr(); b != nil {
@@ -257,9 +257,10 @@ func (o *op) end(err error) error {
 	return fmt.Errorf("daemon: %s: %w", o.name, err)
 }
 
-// errBadArgument marks errors about the caller's arguments found before
-// anything was sent; they leave the Conn usable.
-var errBadArgument = errors.New("invalid argument")
+// ErrInvalidArgument is wrapped by errors about the caller's arguments
+// (a malformed store path, a .drv without outputs), found before anything
+// was sent; they leave the Conn usable.
+var ErrInvalidArgument = errors.New("invalid argument")
 
 // checkPaths checks the syntax of store paths before they are sent. A
 // daemon that can't parse an argument fails before it starts the work, and
@@ -268,7 +269,7 @@ var errBadArgument = errors.New("invalid argument")
 func checkPaths(name string, paths ...string) error {
 	for _, p := range paths {
 		if _, err := storepath.ParseAny(p); err != nil {
-			return fmt.Errorf("daemon: %s: %w: %w", name, errBadArgument, err)
+			return fmt.Errorf("daemon: %s: %w: %w", name, ErrInvalidArgument, err)
 		}
 	}
 	return nil

@@ -44,7 +44,7 @@ func (c *Conn) Import(ctx context.Context, info PathInfo, nar io.Reader, sig str
 		}
 	}
 	if c.dialect == Nix && (info.NarHash == "" || info.NarSize == 0) {
-		return fmt.Errorf("daemon: import %s: %w: NarHash and NarSize are required", info.Path, errBadArgument)
+		return fmt.Errorf("daemon: import %s: %w: NarHash and NarSize are required", info.Path, ErrInvalidArgument)
 	}
 	o, err := c.begin(ctx, "import "+info.Path, nil)
 	if err != nil {

@@ -265,7 +265,7 @@ func (c *Conn) AddTextToStore(ctx context.Context, name string, content []byte, 
 		return "", err
 	}
 	if err := storepath.ValidateName(name); err != nil {
-		return "", fmt.Errorf("daemon: add text to store: %w: %w", errBadArgument, err)
+		return "", fmt.Errorf("daemon: add text to store: %w: %w", ErrInvalidArgument, err)
 	}
 	var path string
 	err := c.simple(ctx, "add text to store "+name, nil,

@@ -693,7 +693,7 @@ func TestCancelFake(t *testing.T) {
 	if _, err := c2.IsValidPath(ctx, drv); !errors.Is(err, context.Canceled) {
 		t.Errorf("with a canceled context: %v", err)
 	}
-	if _, err := c2.IsValidPath(context.Background(), "not a path"); !errors.Is(err, errBadArgument) {
+	if _, err := c2.IsValidPath(context.Background(), "not a path"); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("bad path: %v", err)
 	}
 	c2.Close()
