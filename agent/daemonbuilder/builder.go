@@ -144,6 +144,10 @@ func (b *Builder) readDrv(ctx context.Context, conn *daemon.Conn, path string) (
 		return nil, b.classify(ctx, err, "reading "+path, nil)
 	}
 	data, err := nar.ReadSingleFile(r, b.cfg.MaxDrvSize)
+	if err == nil {
+		// The NAR's closing tokens are still on the wire: read them, or the connection is spoilt.
+		_, err = io.Copy(io.Discard, r)
+	}
 	r.Close()
 	if err != nil {
 		return nil, b.classify(ctx, err, "reading "+path, nil)
