@@ -320,7 +320,8 @@ type MissingInputs struct {
 // +kubebuilder:printcolumn:name="Derivation",type=string,JSONPath=`.status.derivationName`
 // +kubebuilder:printcolumn:name="System",type=string,JSONPath=`.status.system`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.phase`
-// +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
+// +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.status.allocation.priority`,description="The priority the planner uses (derived: prerequisites of urgent builds inherit it), while allocated"
+// +kubebuilder:printcolumn:name="Requested",type=integer,JSONPath=`.spec.priority`,priority=1
 // +kubebuilder:printcolumn:name="Agent",type=string,JSONPath=`.status.allocation.agent`
 // +kubebuilder:printcolumn:name="Attempts",type=integer,JSONPath=`.status.attemptCount`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

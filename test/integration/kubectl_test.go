@@ -40,12 +40,12 @@ spec:
 		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "hello"}, b)
 		return b.Status.System != "", "no status.system yet"
 	})
-	out, err := env.Kubectl(t, kc, "", "get", "builds", "-n", ns, "-l", "tag=demo")
+	out, err := env.Kubectl(t, kc, "", "get", "builds", "-n", ns, "-l", "tag=demo", "-o", "wide")
 	if err != nil {
 		t.Fatalf("kubectl get builds: %v\n%s", err, out)
 	}
 	t.Logf("kubectl get builds:\n%s", out)
-	for _, col := range []string{"NAME", "DERIVATION", "SYSTEM", "STATUS", "PRIORITY", "AGENT", "ATTEMPTS", "AGE", "hello-2.12", "x86_64-linux", "7"} {
+	for _, col := range []string{"NAME", "DERIVATION", "SYSTEM", "STATUS", "PRIORITY", "AGENT", "ATTEMPTS", "AGE", "REQUESTED", "hello-2.12", "x86_64-linux", "7"} {
 		if !strings.Contains(out, col) {
 			t.Errorf("kubectl get builds: no %q in\n%s", col, out)
 		}
