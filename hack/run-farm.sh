@@ -2,10 +2,13 @@
 # hack/run-farm.sh (`make run`): a whole guix-farm on this machine, from the pinned tools only.
 #
 # It starts etcd and kube-apiserver (TLS, token auth, RBAC; loopback), installs the CRDs, creates the
-# namespace guix-farm with two AgentPools, starts MinIO with a public-read cache bucket, writes a few
-# synthetic .drv files, starts the controller and one agent per pool (test builder: builds sleep),
-# submits sample Builds, prints how to watch them with kubectl, and stays in the foreground. Ctrl-C
-# stops everything it started. State and logs live under .cache/run/ (wiped at each start).
+# namespace guix-farm with an AgentPool, starts MinIO with a public-read bucket (the substitute
+# server), makes the farm's signing keys, starts nix-daemons with /gnu/store in private mount
+# namespaces (one where the sample derivations are instantiated, one per agent), the controller and
+# two agents building through their daemons, submits the sample derivations with `kubectl guixfarm
+# submit`, prints how to watch them and how to substitute a result with nix, and stays in the
+# foreground. Ctrl-C stops everything it started. State and logs live under .cache/run/ (wiped at
+# each start). It needs root (mount namespaces), as the test bed does.
 #
 # The controller and the agents run with the generated RBAC (config/rbac) bound to their own tokens,
 # not as cluster admins, so `make run` also proves the roles are sufficient.
@@ -14,7 +17,7 @@
 #   RUN_FARM_EXIT_AFTER_READY=1  wait until the sample Builds succeed, print a summary, stop, exit 0
 #   RUN_FARM_TIMEOUT=180         seconds to wait for the sample Builds (with EXIT_AFTER_READY)
 #   RUN_FARM_STRATEGY=basic      controller --strategy (basic or derivation-ordered)
-#   RUN_FARM_BUILD_DURATION=3s   how long each test build sleeps
+#   RUN_FARM_BUILD_DURATION=3s   how long each sample build sleeps inside its sandbox (whole seconds)
 #   RUN_FARM_DIR=.cache/run      state directory
 set -euo pipefail
 export GOTOOLCHAIN=local
@@ -37,20 +40,24 @@ mkdir -p "$(dirname "$RUN")"
 exec 9>"$RUN.lock"
 flock -n 9 || die "another hack/run-farm.sh uses $RUN; stop it first (Ctrl-C) or set RUN_FARM_DIR"
 
-hack/tools.sh kube etcd minio mc
+hack/tools.sh kube etcd minio mc nix
 for t in etcd kube-apiserver kubectl minio mc; do
   [ -x "$BIN/$t" ] || die "$BIN/$t is missing: run hack/tools.sh"
 done
+for t in nix-daemon nix-store nix-instantiate unshare nsenter; do
+  command -v "$t" >/dev/null || die "$t is missing: run hack/tools.sh nix"
+done
+[ "$(id -u)" = 0 ] || die "make run needs root: its nix-daemons run in private mount namespaces with /gnu/store"
 command -v openssl >/dev/null || die "openssl is needed for the apiserver's certificates"
 command -v curl >/dev/null || die "curl is needed for readiness checks"
 KUBECTL="$BIN/kubectl --kubeconfig=$RUN/kubeconfig"
 
-log "building the controller, the agent and hack/sample-drvs"
+log "building the controller, the agent and kubectl-guixfarm"
 go build -o bin/guix-farm-controller ./cmd/guix-farm-controller
 go build -o bin/guix-farm-agent ./cmd/guix-farm-agent
+go build -o bin/kubectl-guixfarm ./cmd/kubectl-guixfarm
 rm -rf "$RUN"
-mkdir -p "$RUN/logs" "$RUN/bin"
-go build -o "$RUN/bin/sample-drvs" ./hack/sample-drvs
+mkdir -p "$RUN/logs" "$RUN/bin" /gnu/store
 
 # --- processes: started in the background, stopped in reverse order by the EXIT trap -----------------
 PIDS=()
@@ -206,12 +213,7 @@ cat >"$RUN/agentpools.yaml" <<EOF
 apiVersion: build.guixfarm.io/v1alpha1
 kind: AgentPool
 metadata: {name: x86-64, namespace: $NS}
-spec: {systems: [x86_64-linux], replicas: 1, maxParallelBuilds: 2}
----
-apiVersion: build.guixfarm.io/v1alpha1
-kind: AgentPool
-metadata: {name: aarch64, namespace: $NS}
-spec: {systems: [aarch64-linux], replicas: 1, maxParallelBuilds: 2}
+spec: {systems: [x86_64-linux], replicas: 2, maxParallelBuilds: 2}
 EOF
 wait_for "AgentPools" 30 $KUBECTL apply -f "$RUN/agentpools.yaml"
 
@@ -241,57 +243,123 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$MINIO_URL/$BUCKET/00000000000000
 code=$(curl -s -o /dev/null -w '%{http_code}' "$MINIO_URL/$BUCKET/nix-cache-info")
 [ "$code" = 200 ] || die "anonymous GET of nix-cache-info answered $code, want 200"
 
-# --- controller and agents ---------------------------------------------------------------------------
-"$RUN/bin/sample-drvs" -dir "$RUN/drvs" -builds "$RUN/builds.yaml" -namespace "$NS"
-log "wrote $(ls "$RUN/drvs" | wc -l) sample derivations into $RUN/drvs"
+# --- signing keys: the agents sign what they publish; clients trust the public keys ----------------------
+bin/guix-farm-controller keygen --name guix-farm-run --out "$RUN/keys" >"$RUN/logs/keygen.log"
+NIX_PUB=$(cat "$RUN/keys/nix-public-key")
+SIGNING_KEYS="$RUN/keys/nix-secret-key,$RUN/keys/guix-signing-key.sec"
 
-# The controller reads .drv files from the directory and output availability from the bucket.
+# --- nix-daemons: each with its own /gnu/store, bind-mounted in a private mount namespace ---------------
+# nixd NAME SUBSTITUTERS: the daemon's environment is built from scratch (NIX_REMOTE in it would make
+# every worker connect back to the daemon: a fork bomb).
+nixd() {
+  local d=$RUN/nix/$1
+  mkdir -p "$d"/{store,state,log,conf,home,cache}
+  {
+    echo "build-users-group ="
+    echo "sandbox = true"
+    echo "substituters = $2"
+    echo "trusted-public-keys = $NIX_PUB"
+    echo "require-sigs = true"
+    echo "trusted-users = root"
+    echo "narinfo-cache-negative-ttl = 0"
+    echo "experimental-features = nix-command"
+  } >"$d/conf/nix.conf"
+  start "nix-daemon-$1" env -i PATH="$PATH" HOME="$d/home" XDG_CACHE_HOME="$d/cache" NIX_STORE_DIR=/gnu/store \
+    NIX_STATE_DIR="$d/state" NIX_LOG_DIR="$d/log" NIX_CONF_DIR="$d/conf" \
+    unshare -m --propagation private sh -c 'mount --bind "$1" /gnu/store && exec nix-daemon' sh "$d/store"
+  wait_for "nix-daemon $1" 30 test -S "$d/state/daemon-socket/socket"
+}
+# in_nixd NAME COMMAND...: a nix client inside the daemon's mount namespace (Nix 2.8 clients read
+# store files from their own /gnu/store view).
+in_nixd() {
+  local name=$1 d=$RUN/nix/$1 i pid=
+  shift
+  for i in "${!NAMES[@]}"; do [ "${NAMES[i]}" = "nix-daemon-$name" ] && pid=${PIDS[i]}; done
+  nsenter -t "$pid" -m -- env -i PATH="$PATH" HOME="$d/home" NIX_STORE_DIR=/gnu/store NIX_STATE_DIR="$d/state" \
+    NIX_LOG_DIR="$d/log" NIX_CONF_DIR="$d/conf" NIX_REMOTE="unix://$d/state/daemon-socket/socket" "$@"
+}
+CACHE_URL="$MINIO_URL/$BUCKET"
+nixd submit ""
+nixd agent-0 "$CACHE_URL"
+nixd agent-1 "$CACHE_URL"
+
+# --- the sample derivations: a small distribution built with a static busybox -------------------------
+mkdir -p "$RUN/bbsrc/bin"
+cp /bin/busybox "$RUN/bbsrc/bin/busybox"
+BB=$(in_nixd submit nix-store --add "$RUN/bbsrc")
+mapfile -t DRVS < <(in_nixd submit nix-instantiate "$ROOT/hack/sample-farm.nix" --argstr bb "$BB" \
+  --argstr seconds "${BUILD_DURATION%s}" -A hello -A report)
+log "instantiated ${#DRVS[@]} sample derivations in the submitter's store"
+
+# The controller reads .drv files and output availability from the bucket.
 start controller env AWS_ACCESS_KEY_ID="$MINIO_USER" AWS_SECRET_ACCESS_KEY="$MINIO_PASSWORD" \
   bin/guix-farm-controller --kubeconfig="$RUN/controller.kubeconfig" --namespace="$NS" \
-  --strategy="$STRATEGY" --drv-dir="$RUN/drvs" --build-ttl=24h --bucket-endpoint="$MINIO_URL" --bucket="$BUCKET" \
+  --strategy="$STRATEGY" --build-ttl=24h --bucket-endpoint="$MINIO_URL" --bucket="$BUCKET" \
   --metrics-bind-address="127.0.0.1:$METRICS_PORT" --health-probe-bind-address="127.0.0.1:$PROBE_PORT"
 wait_for "controller /readyz" 60 curl -sf "http://127.0.0.1:$PROBE_PORT/readyz"
 
-agent() { # pool system
-  start "agent-$1" bin/guix-farm-agent --kubeconfig="$RUN/agent.kubeconfig" --namespace="$NS" \
-    --name="agent-$1-0" --pool="$1" --systems="$2" --slots=2 --builder=test --test-duration="$BUILD_DURATION" \
-    --lease-duration=15s
+agent() { # index
+  start "agent-$1" env AWS_ACCESS_KEY_ID="$MINIO_USER" AWS_SECRET_ACCESS_KEY="$MINIO_PASSWORD" \
+    bin/guix-farm-agent --kubeconfig="$RUN/agent.kubeconfig" --namespace="$NS" \
+    --name="agent-x86-64-$1" --pool=x86-64 --systems=x86_64-linux --slots=2 --lease-duration=15s \
+    --builder=daemon --daemon-socket="$RUN/nix/agent-$1/state/daemon-socket/socket" \
+    --bucket-endpoint="$MINIO_URL" --bucket="$BUCKET" --signing-keys="$SIGNING_KEYS" --trusted-public-keys="$NIX_PUB"
 }
-agent x86-64 x86_64-linux
-agent aarch64 aarch64-linux
+agent 0
+agent 1
 
-$KUBECTL apply -f "$RUN/builds.yaml" >/dev/null
-NBUILDS=$(grep -c '^kind: Build' "$RUN/builds.yaml")
-log "submitted $NBUILDS sample Builds"
+# Submit as a user would: the .drv closures go to the bucket, one Build per derivation (and per
+# input whose outputs the bucket lacks).
+env AWS_ACCESS_KEY_ID="$MINIO_USER" AWS_SECRET_ACCESS_KEY="$MINIO_PASSWORD" \
+  bin/kubectl-guixfarm --kubeconfig="$RUN/kubeconfig" -n "$NS" submit --all-missing -l guixfarm.io/tag-sample=true \
+  --daemon-socket="$RUN/nix/submit/state/daemon-socket/socket" --bucket-endpoint="$MINIO_URL" --bucket="$BUCKET" \
+  --signing-keys="$SIGNING_KEYS" "${DRVS[@]}" | tee "$RUN/submitted.txt"
+NBUILDS=$(grep -c '^build/' "$RUN/submitted.txt")
+HELLO_DRV=${DRVS[0]}
+HELLO_OUT=$(in_nixd submit nix-store -q --outputs "$HELLO_DRV")
+HELLO_BUILD=$(grep -F " $HELLO_DRV" "$RUN/submitted.txt" | awk '{print $1}')
+SUBST_CMD="env NIX_STORE_DIR=/gnu/store nix-store --store local?root=\$PWD/fresh-store --option substituters $CACHE_URL --option trusted-public-keys '$NIX_PUB' --realise $HELLO_OUT"
 
 cat <<EOF
 
 guix-farm is running (state and logs in $RUN).
 
   export KUBECONFIG=$RUN/kubeconfig
-  export PATH=$BIN:\$PATH
+  export PATH=$ROOT/bin:$BIN:\$PATH            # kubectl, and the kubectl guixfarm plugin
   kubectl get builds -w                       # namespace $NS is the context's default
-  kubectl get agentpools
-  kubectl wait --for=jsonpath='{.status.phase}'=Succeeded build/hello-2.12.1-x86-64
-  kubectl get leases                          # one per agent
+  kubectl wait --for=condition=Succeeded $HELLO_BUILD
+  kubectl guixfarm logs ${HELLO_BUILD#build/}
+  kubectl get agentpools,leases
 
-Submit more (the controller reads derivations from $RUN/drvs):
-  $RUN/bin/sample-drvs -dir $RUN/drvs -salt 1 | kubectl apply -f -
-Substitute cache (anonymous read): $MINIO_URL/$BUCKET
+The bucket is the substitute server: $CACHE_URL
+Its public keys:
+  nix:  $NIX_PUB
+  guix: $RUN/keys/guix-signing-key.pub   (guix archive --authorize < that file)
+Substitute the sample's top output into a fresh store with nix (signatures required):
+  $SUBST_CMD
 Controller metrics: http://127.0.0.1:$METRICS_PORT/metrics
 
 EOF
 
 if [ "$EXIT_AFTER_READY" = 1 ]; then
   log "waiting up to ${TIMEOUT}s for the sample Builds to succeed"
-  if ! $KUBECTL -n "$NS" wait --for=jsonpath='{.status.phase}'=Succeeded builds -l guixfarm.io/tag-sample=true \
+  if ! $KUBECTL -n "$NS" wait --for=jsonpath='{.status.phase}'=Succeeded builds --all \
     --timeout="${TIMEOUT}s" >/dev/null; then
     $KUBECTL -n "$NS" get builds,agentpools >&2 || true
     die "the sample Builds did not all succeed within ${TIMEOUT}s"
   fi
   alive || die "a process of the farm exited"
   echo "Summary: all $NBUILDS sample Builds succeeded."
-  $KUBECTL -n "$NS" get builds -l guixfarm.io/tag-sample=true
+  $KUBECTL -n "$NS" get builds
+  echo
+  log "substituting $HELLO_OUT into a fresh store with nix, signatures required"
+  mkdir -p "$RUN/fresh"
+  (cd "$RUN/fresh" && env -u NIX_REMOTE NIX_STORE_DIR=/gnu/store NIX_CONF_DIR="$RUN/fresh" nix-store \
+    --store "local?root=$RUN/fresh/fresh-store" --option substituters "$CACHE_URL" \
+    --option trusted-public-keys "$NIX_PUB" --realise "$HELLO_OUT") >"$RUN/logs/substitute.log" 2>&1 ||
+    { cat "$RUN/logs/substitute.log" >&2; die "nix could not substitute $HELLO_OUT from the bucket"; }
+  echo "Substituted from the bucket by nix into a fresh store: $HELLO_OUT"
+  echo "  it says: $(head -c 200 "$RUN/fresh/fresh-store$HELLO_OUT")"
   echo
   $KUBECTL -n "$NS" get agentpools
   exit 0
