@@ -35,6 +35,7 @@ verify-gen: manifests generate ## Fails when generated files drift from the sour
 build: ## The two binaries, into bin/.
 	go build -o bin/guix-farm-controller ./cmd/guix-farm-controller
 	go build -o bin/guix-farm-agent ./cmd/guix-farm-agent
+	go build -o bin/kubectl-guixfarm ./cmd/kubectl-guixfarm
 
 .PHONY: vet
 vet:

@@ -96,43 +96,17 @@ var errOwnership = errors.New("attempt no longer owned")
 
 // closure is the outputs and everything they refer to, references first, from the daemon.
 func (b *Builder) closure(ctx context.Context, conn *daemon.Conn, outputs []string) ([]Item, error) {
+	infos, err := conn.Closure(ctx, outputs, maxClosure)
+	if err != nil {
+		return nil, b.classify(ctx, err, "querying the closure of the outputs", nil)
+	}
 	isOutput := map[string]bool{}
 	for _, p := range outputs {
 		isOutput[p] = true
 	}
-	infos := map[string]*daemon.PathInfo{}
-	var order []string
-	var visit func(p string) error
-	visit = func(p string) error {
-		if _, ok := infos[p]; ok {
-			return nil
-		}
-		if len(infos) >= maxClosure {
-			return buildstep.SetupFailed(fmt.Errorf("closure of the outputs larger than %d paths", maxClosure))
-		}
-		info, err := conn.QueryPathInfo(ctx, p)
-		if err != nil {
-			return b.classify(ctx, err, "querying "+p, nil)
-		}
-		infos[p] = info
-		for _, r := range info.References {
-			if r != p {
-				if err := visit(r); err != nil {
-					return err
-				}
-			}
-		}
-		order = append(order, p) // after its references
-		return nil
-	}
-	for _, p := range outputs {
-		if err := visit(p); err != nil {
-			return nil, err
-		}
-	}
-	items := make([]Item, 0, len(order))
-	for _, p := range order {
-		items = append(items, Item{Info: *infos[p], Output: isOutput[p], Open: b.narOpener(p)})
+	items := make([]Item, 0, len(infos))
+	for _, info := range infos {
+		items = append(items, Item{Info: info, Output: isOutput[info.Path], Open: b.narOpener(info.Path)})
 	}
 	return items, nil
 }
@@ -140,29 +114,5 @@ func (b *Builder) closure(ctx context.Context, conn *daemon.Conn, outputs []stri
 // narOpener streams a path's nar on a connection of its own, so items upload in parallel and a
 // half-read stream never spoils the attempt's connection.
 func (b *Builder) narOpener(path string) func(ctx context.Context) (io.ReadCloser, error) {
-	return func(ctx context.Context) (io.ReadCloser, error) {
-		conn, err := b.dial(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("connecting to the daemon for the nar of %s: %w", path, err)
-		}
-		r, err := conn.Nar(ctx, path)
-		if err != nil {
-			conn.Close()
-			return nil, err
-		}
-		return narStream{r, conn}, nil
-	}
-}
-
-type narStream struct {
-	io.ReadCloser
-	conn *daemon.Conn
-}
-
-func (s narStream) Close() error {
-	err := s.ReadCloser.Close()
-	if cerr := s.conn.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return func(ctx context.Context) (io.ReadCloser, error) { return daemon.OpenNar(ctx, b.cfg.Socket, path) }
 }
