@@ -258,7 +258,11 @@ func readDrv(ctx context.Context, conn *daemon.Conn, p string) (*derivation.Deri
 }
 
 func createBuild(ctx context.Context, o options, cl client.Client, ns, drv string, out io.Writer) error {
-	b := &farmv1.Build{ObjectMeta: metav1.ObjectMeta{Name: buildname.For(drv), Namespace: ns, Labels: map[string]string(o.labels)},
+	name, err := buildname.For(drv)
+	if err != nil {
+		return err
+	}
+	b := &farmv1.Build{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string(o.labels)},
 		Spec: farmv1.BuildSpec{Derivation: drv, Priority: int32(o.priority)}}
 	if o.timeout > 0 {
 		s := int32(o.timeout / time.Second)
@@ -268,7 +272,7 @@ func createBuild(ctx context.Context, o options, cl client.Client, ns, drv strin
 		s := int32(o.maxSilent / time.Second)
 		b.Spec.MaxSilentSeconds = &s
 	}
-	err := cl.Create(ctx, b)
+	err = cl.Create(ctx, b)
 	if apierrors.IsAlreadyExists(err) {
 		got := &farmv1.Build{}
 		if err := cl.Get(ctx, client.ObjectKeyFromObject(b), got); err != nil {
