@@ -16,7 +16,7 @@
 # Environment:
 #   RUN_FARM_EXIT_AFTER_READY=1  wait until the sample Builds succeed, print a summary, stop, exit 0
 #   RUN_FARM_TIMEOUT=180         seconds to wait for the sample Builds (with EXIT_AFTER_READY)
-#   RUN_FARM_STRATEGY=basic      controller --strategy (basic or derivation-ordered)
+#   RUN_FARM_STRATEGY=derivation-ordered  controller --strategy (basic or derivation-ordered)
 #   RUN_FARM_BUILD_DURATION=3s   how long each sample build sleeps inside its sandbox (whole seconds)
 #   RUN_FARM_DIR=.cache/run      state directory
 set -euo pipefail
@@ -27,7 +27,7 @@ BIN=${GUIXFARM_TOOLS_BIN:-$ROOT/.cache/tools/bin}
 RUN=${RUN_FARM_DIR:-$ROOT/.cache/run}
 NS=guix-farm
 BUCKET=guix-farm-cache
-STRATEGY=${RUN_FARM_STRATEGY:-basic}
+STRATEGY=${RUN_FARM_STRATEGY:-derivation-ordered}
 BUILD_DURATION=${RUN_FARM_BUILD_DURATION:-3s}
 EXIT_AFTER_READY=${RUN_FARM_EXIT_AFTER_READY:-0}
 TIMEOUT=${RUN_FARM_TIMEOUT:-180}
@@ -359,7 +359,7 @@ if [ "$EXIT_AFTER_READY" = 1 ]; then
     --option trusted-public-keys "$NIX_PUB" --realise "$HELLO_OUT") >"$RUN/logs/substitute.log" 2>&1 ||
     { cat "$RUN/logs/substitute.log" >&2; die "nix could not substitute $HELLO_OUT from the bucket"; }
   echo "Substituted from the bucket by nix into a fresh store: $HELLO_OUT"
-  echo "  it says: $(head -c 200 "$RUN/fresh/fresh-store$HELLO_OUT")"
+  echo "  it says: $(cat "$RUN/fresh/fresh-store$HELLO_OUT/share/hello.txt")"
   echo
   $KUBECTL -n "$NS" get agentpools
   exit 0

@@ -91,7 +91,7 @@ func (b *Builder) Run(ctx context.Context, req buildstep.Request) (buildstep.Res
 
 	// The .drv and its closure (input .drvs, sources) come by substitution: the farm's bucket
 	// holds what was submitted. The temp root keeps it from a concurrent GC for the attempt.
-	if err := conn.EnsurePath(ctx, req.Derivation); err != nil {
+	if err := b.ensure(ctx, conn, req.Derivation); err != nil {
 		return buildstep.Result{}, b.classify(ctx, err, fmt.Sprintf("fetching %s", req.Derivation), nil)
 	}
 	if err := conn.AddTempRoot(ctx, req.Derivation); err != nil {
@@ -113,6 +113,28 @@ func (b *Builder) Run(ctx context.Context, req buildstep.Request) (buildstep.Res
 		return buildstep.Result{}, err
 	}
 	return b.publish(ctx, conn, req, drv, outputs)
+}
+
+// ensure substitutes path, trying again a few times when the daemon refuses: substitution
+// through Nix 2.8 meets passing trouble (its narinfo cache's SQLite "database is busy" when two
+// builds substitute at once, a substitute server's hiccup) that must not spend a user's attempt.
+func (b *Builder) ensure(ctx context.Context, conn *daemon.Conn, path string) error {
+	var err error
+	for try := range 3 {
+		if try > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(try) * time.Second):
+			}
+		}
+		var de *daemon.Error
+		if err = conn.EnsurePath(ctx, path); err == nil || !errors.As(err, &de) {
+			return err
+		}
+		b.log.V(1).Info("Substitution refused; trying again", "path", path, "error", err.Error())
+	}
+	return err
 }
 
 // connect dials the daemon and sets the attempt's options. A daemon that cannot be reached is the
