@@ -81,7 +81,7 @@ func (p *Printer) Build(ctx context.Context, name string, get GetBuild, o Option
 		_, err := p.copyFrom(ctx, b.Spec.Derivation, o.Attempt, 0)
 		if errors.Is(err, bucket.ErrNotFound) {
 			return fmt.Errorf("%w in the bucket for %s of build/%s (phase %s): %w; the agent uploads it a few seconds after the attempt starts",
-				ErrNoLog, attemptName(o.Attempt), name, b.Status.Phase, err)
+				ErrNoLog, attemptName(o.Attempt), name, phaseName(b.Status.Phase), err)
 		}
 		return err
 	}
@@ -123,13 +123,17 @@ func (p *Printer) neverRan(ctx context.Context, name string, b *farmv1.Build, o 
 func (p *Printer) follow(ctx context.Context, name string, get GetBuild, b *farmv1.Build, o Options) error {
 	waiting := false
 	for b.Status.AttemptCount == 0 || o.Attempt > 0 && int32(o.Attempt) > b.Status.AttemptCount {
-		if b.Status.Phase.Finished() {
+		switch {
+		case b.Status.Phase.Finished() && b.Status.AttemptCount == 0:
 			return p.neverRan(ctx, name, b, o)
-		}
-		if !waiting {
+		case b.Status.Phase.Finished():
+			return fmt.Errorf("%w: build/%s ended %s after %d attempt(s), not %d", ErrNoLog, name, b.Status.Phase, b.Status.AttemptCount, o.Attempt)
+		case !waiting && b.Status.AttemptCount == 0:
 			p.note("build/%s has not started yet (phase %s): waiting for it", name, phaseName(b.Status.Phase))
-			waiting = true
+		case !waiting:
+			p.note("build/%s has had %d attempt(s) (phase %s): waiting for attempt %d", name, b.Status.AttemptCount, phaseName(b.Status.Phase), o.Attempt)
 		}
+		waiting = true
 		if err := o.Sleep(ctx, o.Interval); err != nil {
 			return err
 		}
@@ -147,6 +151,7 @@ func (p *Printer) follow(ctx context.Context, name string, get GetBuild, b *farm
 		p.note("--- build/%s, attempt %d ---", name, cur)
 	}
 	var printed int64
+	ended := false // the end of attempt cur was announced
 	read := func() error {
 		n, err := p.copyFrom(ctx, drv, cur, printed)
 		if errors.Is(err, errShrank) {
@@ -173,13 +178,21 @@ func (p *Printer) follow(ctx context.Context, name string, get GetBuild, b *farm
 		case inFlight:
 		case o.Attempt == 0 && int(b.Status.AttemptCount) > cur:
 			// A new attempt started (and may have ended) since the last look.
-			p.note("--- build/%s: %s ---", name, ending(b, cur))
-			cur, printed = int(b.Status.AttemptCount), 0
+			if !ended {
+				p.note("--- build/%s: %s ---", name, ending(b, cur))
+			}
+			cur, printed, ended = int(b.Status.AttemptCount), 0, false
 			p.note("--- build/%s, attempt %d ---", name, cur)
 			continue
 		case o.Attempt > 0 || b.Status.Phase.Finished():
-			p.note("--- build/%s: %s ---", name, ending(b, cur))
+			if !ended {
+				p.note("--- build/%s: %s ---", name, ending(b, cur))
+			}
 			return nil
+		case !ended:
+			// Back to Pending for a retry: say so once, and wait for the next attempt.
+			p.note("--- build/%s: %s ---", name, ending(b, cur))
+			ended = true
 		}
 		// Running, or between attempts (a retry's backoff, or claimed and not started yet).
 		if err := o.Sleep(ctx, o.Interval); err != nil {
