@@ -32,7 +32,7 @@ verify-gen: manifests generate ## Fails when generated files drift from the sour
 ##@ Build
 
 .PHONY: build
-build: ## The two binaries, into bin/.
+build: ## The controller, the agent and the kubectl plugin (kubectl-guixfarm), into bin/
 	go build -o bin/guix-farm-controller ./cmd/guix-farm-controller
 	go build -o bin/guix-farm-agent ./cmd/guix-farm-agent
 	go build -o bin/kubectl-guixfarm ./cmd/kubectl-guixfarm
