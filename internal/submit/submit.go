@@ -117,16 +117,16 @@ func (s *Submitter) Submit(ctx context.Context, drvs []string, o Options) ([]Res
 	if err != nil {
 		return nil, err
 	}
-	targets := tops
+	targets, deps := tops, map[string][]string(nil)
 	if o.AllMissing {
-		if targets, err = s.missingBuilds(ctx, tops, o.Lookups); err != nil {
+		if targets, deps, err = s.missingBuilds(ctx, tops, o.Lookups); err != nil {
 			return nil, err
 		}
 	}
 	if err := s.publish(ctx, infos, o); err != nil {
 		return nil, err
 	}
-	return s.createBuilds(ctx, targets, tops, o)
+	return s.createBuilds(ctx, targets, deps, tops, o)
 }
 
 // closure is the paths drvs refer to, recursively, with what the store knows of them, references
@@ -180,11 +180,12 @@ func (s *Submitter) publish(ctx context.Context, infos []daemon.PathInfo, o Opti
 }
 
 // missingBuilds is tops and every input derivation reachable through inputs whose outputs the
-// bucket lacks, inputs before the derivations that need them (depth-first post-order), so the
-// Builds are created in an order the farm can build them.
-func (s *Submitter) missingBuilds(ctx context.Context, tops []string, lookups int) ([]string, error) {
+// bucket lacks, inputs before the derivations that need them (depth-first post-order), with,
+// for each, its inputs among them: the Builds are created in an order the farm can build them.
+func (s *Submitter) missingBuilds(ctx context.Context, tops []string, lookups int) ([]string, map[string][]string, error) {
 	g := &drvGraph{s: s, parsed: map[string]*derivation.Derivation{}, missing: map[string]bool{}}
 	visited := map[string]bool{}
+	deps := map[string][]string{}
 	var order []string
 	var visit func(drv string) error
 	visit = func(drv string) error {
@@ -198,7 +199,11 @@ func (s *Submitter) missingBuilds(ctx context.Context, tops []string, lookups in
 			return err
 		}
 		for _, in := range inputs {
-			if g.isMissing(in) && !visited[in] {
+			if !g.isMissing(in) {
+				continue
+			}
+			deps[drv] = append(deps[drv], in)
+			if !visited[in] {
 				if err := visit(in); err != nil {
 					return err
 				}
@@ -210,11 +215,11 @@ func (s *Submitter) missingBuilds(ctx context.Context, tops []string, lookups in
 	for _, t := range tops {
 		if !visited[t] {
 			if err := visit(t); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 	}
-	return order, nil
+	return order, deps, nil
 }
 
 // drvGraph reads each .drv once and asks the bucket about each derivation's outputs once.
@@ -289,9 +294,14 @@ func (g *drvGraph) check(ctx context.Context, drvs []string, lookups int) error 
 	})
 }
 
-// createBuilds creates the Builds of drvs (inputs first), Lookups at a time, printing each line
-// in that order as soon as the ones before it are printed.
-func (s *Submitter) createBuilds(ctx context.Context, drvs, tops []string, o Options) ([]Result, error) {
+// createBuilds creates the Builds of drvs, Lookups at a time, each after the Builds of its deps
+// (whether they could be created or not): the planner then sees a Build's inputs before it.
+// Each line is printed in the order of drvs as soon as the ones before it are.
+func (s *Submitter) createBuilds(ctx context.Context, drvs []string, deps map[string][]string, tops []string, o Options) ([]Result, error) {
+	index := make(map[string]int, len(drvs))
+	for i, d := range drvs {
+		index[d] = i
+	}
 	results := make([]Result, len(drvs))
 	errs := make([]error, len(drvs))
 	done := make([]chan struct{}, len(drvs))
@@ -313,6 +323,14 @@ func (s *Submitter) createBuilds(ctx context.Context, drvs, tops []string, o Opt
 	for i, drv := range drvs {
 		wg.Go(func() {
 			defer close(done[i])
+			// Waiting before taking a slot cannot deadlock: deps come earlier in drvs (a
+			// post-order) and never wait for i.
+			for _, d := range deps[drv] {
+				select {
+				case <-done[index[d]]:
+				case <-ctx.Done():
+				}
+			}
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():

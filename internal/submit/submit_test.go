@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/bucket"
@@ -153,12 +154,28 @@ func (b *fakeBucket) PublishClosure(ctx context.Context, items []bucket.StoreIte
 }
 
 func newClient(t *testing.T, objs ...client.Object) client.Client {
+	return newRecordingClient(t, nil, objs...)
+}
+
+// newRecordingClient appends the derivation of each Build created to created.
+func newRecordingClient(t *testing.T, created *[]string, objs ...client.Object) client.Client {
 	t.Helper()
 	s := runtime.NewScheme()
 	if err := farmv1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
-	return fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).Build()
+	var mu sync.Mutex
+	return fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).WithInterceptorFuncs(interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			err := c.Create(ctx, obj, opts...)
+			if b, ok := obj.(*farmv1.Build); ok && err == nil && created != nil {
+				mu.Lock()
+				*created = append(*created, b.Spec.Derivation)
+				mu.Unlock()
+			}
+			return err
+		},
+	}).Build()
 }
 
 func name(t *testing.T, drv string) string {
@@ -199,7 +216,8 @@ func TestSubmit(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newDAG(t)
 			b := &fakeBucket{has: map[string]bool{d.store.out(t, d.base): true, src: true}}
-			cl := newClient(t)
+			var created []string
+			cl := newRecordingClient(t, &created)
 			var out, progress bytes.Buffer
 			s := &Submitter{Store: d.store, Bucket: b, Client: cl, Out: &out, Progress: &progress}
 			timeout := int32(3600)
@@ -218,6 +236,10 @@ func TestSubmit(t *testing.T) {
 			}
 			if len(res) != len(want) {
 				t.Errorf("results %+v", res)
+			}
+			// Each Build after those of its inputs, whatever the concurrency.
+			if !slices.Equal(created, want) {
+				t.Errorf("created %v, want %v", created, want)
 			}
 			// The .drv closure but busybox's stand-in, already there; references first.
 			if !slices.Equal(b.published, []string{d.base, d.lib, d.mid, d.top}) {
