@@ -318,7 +318,7 @@ NBUILDS=$(grep -c '^build/' "$RUN/submitted.txt")
 HELLO_DRV=${DRVS[0]}
 HELLO_OUT=$(in_nixd submit nix-store -q --outputs "$HELLO_DRV")
 HELLO_BUILD=$(grep -F " $HELLO_DRV" "$RUN/submitted.txt" | awk '{print $1}')
-SUBST_CMD="env NIX_STORE_DIR=/gnu/store nix-store --store local?root=\$PWD/fresh-store --option substituters $CACHE_URL --option trusted-public-keys '$NIX_PUB' --realise $HELLO_OUT"
+SUBST_CMD="env NIX_STORE_DIR=/gnu/store XDG_CACHE_HOME=\$PWD/fresh-cache nix-store --store local?root=\$PWD/fresh-store --option substituters $CACHE_URL --option trusted-public-keys '$NIX_PUB' --realise $HELLO_OUT"
 
 cat <<EOF
 
@@ -326,6 +326,7 @@ guix-farm is running (state and logs in $RUN).
 
   export KUBECONFIG=$RUN/kubeconfig
   export PATH=$ROOT/bin:$BIN:\$PATH            # kubectl, and the kubectl guixfarm plugin
+  export GUIXFARM_BUCKET_ENDPOINT=$MINIO_URL GUIXFARM_BUCKET=$BUCKET
   kubectl get builds -w                       # namespace $NS is the context's default
   kubectl wait --for=condition=Succeeded $HELLO_BUILD
   kubectl guixfarm logs ${HELLO_BUILD#build/}
@@ -354,12 +355,15 @@ if [ "$EXIT_AFTER_READY" = 1 ]; then
   echo
   log "substituting $HELLO_OUT into a fresh store with nix, signatures required"
   mkdir -p "$RUN/fresh"
-  (cd "$RUN/fresh" && env -u NIX_REMOTE NIX_STORE_DIR=/gnu/store NIX_CONF_DIR="$RUN/fresh" nix-store \
+  # Its own narinfo cache: nix's default one (~/.cache/nix) remembers narinfos of earlier runs,
+  # signed by their keys.
+  (cd "$RUN/fresh" && env -u NIX_REMOTE NIX_STORE_DIR=/gnu/store NIX_CONF_DIR="$RUN/fresh" XDG_CACHE_HOME="$RUN/fresh/cache" nix-store \
     --store "local?root=$RUN/fresh/fresh-store" --option substituters "$CACHE_URL" \
     --option trusted-public-keys "$NIX_PUB" --realise "$HELLO_OUT") >"$RUN/logs/substitute.log" 2>&1 ||
     { cat "$RUN/logs/substitute.log" >&2; die "nix could not substitute $HELLO_OUT from the bucket"; }
   echo "Substituted from the bucket by nix into a fresh store: $HELLO_OUT"
-  echo "  it says: $(cat "$RUN/fresh/fresh-store$HELLO_OUT/share/hello.txt")"
+  # A chroot store keeps its files under <root>/nix/store, whatever its logical store directory.
+  echo "  it says: $(cat "$RUN/fresh/fresh-store/nix/store/$(basename "$HELLO_OUT")/share/hello.txt")"
   echo
   $KUBECTL -n "$NS" get agentpools
   exit 0
