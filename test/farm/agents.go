@@ -159,3 +159,66 @@ func (e *Env) StartInProcessAgent(t testing.TB, ctx context.Context, cfg agent.C
 	go func() { defer wg.Done(); _ = a.Run(cctx) }()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 }
+
+// DaemonAgentSpec describes an agent process that builds through a real daemon (--builder daemon)
+// and publishes to the farm's bucket.
+type DaemonAgentSpec struct {
+	Name, Pool    string
+	Systems       []string
+	Slots         int
+	LeaseDuration time.Duration
+	// DaemonSocket is the daemon's Unix socket; a path where no daemon listens makes an agent
+	// that is unhealthy from the start.
+	DaemonSocket string
+	// BucketEndpoint (host:port), Bucket and the credentials (passed as $AWS_ACCESS_KEY_ID and
+	// $AWS_SECRET_ACCESS_KEY) of the farm's bucket.
+	BucketEndpoint, Bucket, AccessKey, SecretKey string
+	// SigningKeys are key files as `guix-farm-controller keygen` writes them.
+	SigningKeys []string
+	// TrustedPublicKeys are the Nix public keys the daemon is told to trust (the farm's).
+	TrustedPublicKeys []string
+	// StoreDir is the daemon's store directory (default /gnu/store).
+	StoreDir string
+	// Args are further flags.
+	Args []string
+}
+
+// StartDaemonAgent runs the agent binary with the daemon builder; it is stopped (SIGTERM) when
+// the test ends unless killed before, and its log is printed if the test failed.
+func (e *Env) StartDaemonAgent(t testing.TB, kubeconfig, namespace string, s DaemonAgentSpec) *AgentProcess {
+	t.Helper()
+	bin := AgentBinary(t)
+	storeDir := s.StoreDir
+	if storeDir == "" {
+		storeDir = "/gnu/store"
+	}
+	args := []string{"--kubeconfig", kubeconfig, "--namespace", namespace, "--name", s.Name,
+		"--systems", strings.Join(s.Systems, ","), "--slots", fmt.Sprint(max(s.Slots, 1)),
+		"--lease-duration", s.LeaseDuration.String(), "--builder", "daemon", "--daemon-socket", s.DaemonSocket,
+		"--bucket-endpoint", s.BucketEndpoint, "--bucket", s.Bucket, "--store-dir", storeDir,
+		"--signing-keys", strings.Join(s.SigningKeys, ","), "--trusted-public-keys", strings.Join(s.TrustedPublicKeys, ",")}
+	if s.Pool != "" {
+		args = append(args, "--pool", s.Pool)
+	}
+	args = append(args, s.Args...)
+	logf, err := os.Create(filepath.Join(t.TempDir(), s.Name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s.AccessKey, "AWS_SECRET_ACCESS_KEY="+s.SecretKey)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting agent %s: %v", s.Name, err)
+	}
+	p := &AgentProcess{Name: s.Name, Cmd: cmd, log: logf, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			data, _ := os.ReadFile(logf.Name())
+			t.Logf("agent %s log:\n%s", s.Name, tail(string(data), 8000))
+		}
+	})
+	return p
+}
