@@ -201,7 +201,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { leaseErr <- a.holdLease(ctx) }()
 	go a.watchHealth(ctx)
 
-	tick := time.NewTicker(time.Second)
+	tick := a.clock.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		a.step(ctx)
@@ -214,7 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.abortAll()
 			return err
 		case <-a.wake:
-		case <-tick.C:
+		case <-tick.C():
 		}
 	}
 }
