@@ -75,8 +75,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	now := r.Clock.Now()
 	if deadline := info.Expires.Add(r.Grace); now.Before(deadline) {
+		slots := info.Slots
+		if info.Unhealthy != "" {
+			// An unhealthy agent claims nothing: a horizon on it would hold builds a healthy agent could run.
+			slots = 0
+		}
 		p.UpsertAgent(planner.Agent{Name: info.Name, Pool: info.Pool, Systems: info.Systems, Features: info.Features,
-			Slots: info.Slots, Running: info.Slots - info.FreeSlots})
+			Slots: slots, Running: max(0, slots-info.FreeSlots)})
 		r.Loop.Kick()
 		return ctrl.Result{RequeueAfter: deadline.Sub(now) + 100*time.Millisecond}, nil
 	}
