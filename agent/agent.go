@@ -131,6 +131,8 @@ type Agent struct {
 
 	// unhealthy says why the agent claims nothing now ("" while healthy).
 	unhealthy atomic.Pointer[string]
+	// fenced is set once the agent lost its Lease: the controller owns its attempts.
+	fenced atomic.Bool
 
 	wake      chan struct{}
 	leaseWake chan struct{}
@@ -210,6 +212,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.shutdown()
 			return nil
 		case err := <-leaseErr:
+			if ctx.Err() != nil { // both ready at a stop: the stop wins, so builds are released
+				a.shutdown()
+				return nil
+			}
 			// Fencing: without a live Lease the controller may give our builds to others.
 			a.abortAll()
 			return err
@@ -363,10 +369,13 @@ func (a *Agent) claim(ctx context.Context, b *farmv1.Build) {
 // execute runs one attempt and reports it. parent is the agent's context: when it ends first,
 // shutdown releases the build instead.
 func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *inflight) {
+	// reported is the attempt count our report leaves on the Build: a release gives the attempt
+	// back, and a copy showing that count is not stale (the planner may offer it to us again).
+	reported := b.Status.AttemptCount
 	defer func() {
 		a.mu.Lock()
 		delete(a.running, b.UID)
-		a.finished[b.UID] = b.Status.AttemptCount
+		a.finished[b.UID] = reported
 		a.mu.Unlock()
 		close(run.done)
 		a.kickLease()
@@ -376,8 +385,8 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 	alog := newAttemptLog(a.logs, b.Spec.Derivation, b.Status.AttemptCount, a.cfg.MaxLogBytes, a.cfg.LogFlushInterval, a.clock, log)
 	res, err := a.builder.Run(ctx, a.request(b, alog))
 	alog.close(context.WithoutCancel(parent))
-	if parent.Err() != nil {
-		return // shutdown hands the build back
+	if parent.Err() != nil || a.fenced.Load() {
+		return // shutdown hands the build back; a fenced agent reports nothing
 	}
 	rctx := context.WithoutCancel(parent)
 	switch {
@@ -404,6 +413,9 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 		kind := buildstep.KindOf(err)
 		a.metrics.Results.WithLabelValues(string(farmv1.AttemptFailed)).Inc()
 		log.Info("Build did not succeed", "kind", kind.String(), "error", err.Error())
+		if kind == buildstep.KindMissingInputs || kind == buildstep.KindAgentUnhealthy {
+			reported--
+		}
 		if kind == buildstep.KindAgentUnhealthy && a.health != nil {
 			a.setUnhealthy(err.Error()) // the health loop clears it once the check passes
 		}
@@ -562,6 +574,7 @@ func (a *Agent) shutdown() {
 
 // abortAll stops every attempt without reporting: the controller owns them once the Lease is gone.
 func (a *Agent) abortAll() {
+	a.fenced.Store(true)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, run := range a.running {

@@ -607,7 +607,6 @@ func TestBuildLeavingTheCacheAbortsTheStep(t *testing.T) {
 // Fencing: once renewing the Lease failed for a whole lease duration, Run stops every attempt
 // "without reporting: the controller owns them once the Lease is gone" (abortAll).
 func TestLeaseLossAbortsWithoutReporting(t *testing.T) {
-	skipBug(t, "agent.go execute() takes the abort by abortAll (parent ctx still live) for a cancel and reports lifecycle.Cancel: the Build ends Canceled, which no one asked for, instead of being left to the controller's AgentLost")
 	h := newHarness(t, []*farmv1.Build{ours("b1")})
 	h.start()
 	r := h.step.next(t)
@@ -640,7 +639,6 @@ func TestLeaseLossAbortsWithoutReporting(t *testing.T) {
 // before the agent's loop has seen it leave its cache (events coalesce in the wake channel), the
 // agent must still claim it.
 func TestReleasedBuildAllocatedAgainIsClaimed(t *testing.T) {
-	skipBug(t, "agent.go staleLocked() treats attemptCount < the reported attempt as a copy from before the claim, but Release decrements attemptCount: the re-allocated Build counts as stale forever, pruneFinished keeps it, and it is never claimed")
 	h := newHarness(t, []*farmv1.Build{ours("b1")})
 	h.start()
 	r := h.step.next(t)
@@ -687,7 +685,6 @@ func TestReleasedBuildAllocatedLaterIsClaimed(t *testing.T) {
 // aborts its builds without releasing them and keeps the Lease. The Builds then wait for the
 // Lease to expire and are failed as AgentLost, spending an attempt.
 func TestShutdownRacingTheLeaseLoop(t *testing.T) {
-	skipBug(t, "agent.go Run(): holdLease returns nil when ctx ends, and the `case err := <-leaseErr` branch (abortAll, return err) races `case <-ctx.Done()` (shutdown): a clean stop may skip the release and the Lease deletion")
 	for i := range 30 { // each round is a coin toss while the bug is there
 		h := newHarness(t, []*farmv1.Build{ours("b1")})
 		h.start()
