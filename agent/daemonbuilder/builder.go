@@ -55,6 +55,9 @@ type Builder struct {
 	log logr.Logger
 	// dial opens a daemon connection (tests replace it).
 	dial func(ctx context.Context) (*daemon.Conn, error)
+	// nars streams the nars of what is published, on pooled connections: a new connection
+	// costs the daemon a fork, a hundred times a small item's nar.
+	nars *daemon.Pool
 }
 
 var _ buildstep.Step = (*Builder)(nil)
@@ -76,10 +79,14 @@ func New(cfg Config, pub Publisher, log logr.Logger) (*Builder, error) {
 	if cfg.TimeoutGrace <= 0 {
 		cfg.TimeoutGrace = 30 * time.Second
 	}
-	b := &Builder{cfg: cfg, pub: pub, log: log}
+	b := &Builder{cfg: cfg, pub: pub, log: log, nars: daemon.NewPool(cfg.Socket, cfg.PublishParallel)}
 	b.dial = func(ctx context.Context) (*daemon.Conn, error) { return daemon.Dial(ctx, cfg.Socket) }
 	return b, nil
 }
+
+// Close closes the idle connections the builder keeps for publishing. Each holds a daemon worker
+// process, which a daemon being stopped waits for.
+func (b *Builder) Close() error { return b.nars.Close() }
 
 // Run implements buildstep.Step.
 func (b *Builder) Run(ctx context.Context, req buildstep.Request) (buildstep.Result, error) {

@@ -31,7 +31,7 @@ type rig struct {
 	bucketURL     string
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	m := testbed.StartMinIO(t)
 	key, err := signing.GenerateNixKey(rand.Reader, "farm-test-1")
@@ -53,9 +53,14 @@ func newRig(t *testing.T) *rig {
 	}
 	r := &rig{minio: m, pub: pub, key: key, bucketURL: m.BucketURL("farm")}
 	r.submit = testbed.StartNixDaemon(t, testbed.NixOptions{})
-	r.agent = testbed.StartNixDaemon(t, testbed.NixOptions{Substituters: []string{r.bucketURL}, TrustedPublicKeys: []string{key.Public().String()}})
+	r.agent = r.newAgent(t)
 	r.bb = r.submit.AddBusybox(t)
 	return r
+}
+
+// newAgent starts another agent daemon, substituting from the bucket only.
+func (r *rig) newAgent(t testing.TB) *testbed.NixDaemon {
+	return testbed.StartNixDaemon(t, testbed.NixOptions{Substituters: []string{r.bucketURL}, TrustedPublicKeys: []string{r.key.Public().String()}})
 }
 
 // expr is a Nix expression of a busybox derivation running script; deps are expressions of its
@@ -74,7 +79,7 @@ derivation { name = %s; system = builtins.currentSystem; builder = "${bb}/bin/bu
 
 // drv instantiates expr in the submitter's store and publishes its closure (the .drv, busybox,
 // input .drvs) to the bucket, as `kubectl guixfarm submit` does.
-func (r *rig) drv(t *testing.T, name, expr string) (drv, out string) {
+func (r *rig) drv(t testing.TB, name, expr string) (drv, out string) {
 	t.Helper()
 	drv = r.submit.Instantiate(t, name, expr)
 	out = r.submit.MustRun(t, "nix-store", "-q", "--outputs", drv)
@@ -83,7 +88,7 @@ func (r *rig) drv(t *testing.T, name, expr string) (drv, out string) {
 }
 
 // publishFrom publishes path's closure as d's daemon has it.
-func (r *rig) publishFrom(t *testing.T, d *testbed.NixDaemon, paths ...string) {
+func (r *rig) publishFrom(t testing.TB, d *testbed.NixDaemon, paths ...string) {
 	t.Helper()
 	b := r.builder(t, d)
 	ctx := context.Background()
@@ -101,13 +106,14 @@ func (r *rig) publishFrom(t *testing.T, d *testbed.NixDaemon, paths ...string) {
 	}
 }
 
-func (r *rig) builder(t *testing.T, d *testbed.NixDaemon) *Builder {
+func (r *rig) builder(t testing.TB, d *testbed.NixDaemon) *Builder {
 	t.Helper()
 	b, err := New(Config{Socket: d.Socket, SubstituteURLs: []string{r.bucketURL}, TrustedPublicKeys: []string{r.key.Public().String()},
 		TimeoutGrace: 5 * time.Second}, BucketPublisher{P: r.pub}, logr.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { b.Close() })
 	return b
 }
 

@@ -111,8 +111,11 @@ func (b *Builder) closure(ctx context.Context, conn *daemon.Conn, outputs []stri
 	return items, nil
 }
 
-// narOpener streams a path's nar on a connection of its own, so items upload in parallel and a
-// half-read stream never spoils the attempt's connection.
+// narOpener streams a path's nar on a (pooled) connection of its own, so items upload in
+// parallel and a half-read stream never spoils the attempt's connection. The publisher hashes
+// what it uploads and checks it against the item's NarHash, so the stream need not hash it too.
 func (b *Builder) narOpener(path string) func(ctx context.Context) (io.ReadCloser, error) {
-	return func(ctx context.Context) (io.ReadCloser, error) { return daemon.OpenNar(ctx, b.cfg.Socket, path) }
+	return func(ctx context.Context) (io.ReadCloser, error) {
+		return b.nars.OpenNar(ctx, path, daemon.CallerHashes())
+	}
 }

@@ -123,6 +123,7 @@ func run() error {
 		if err != nil {
 			return err
 		}
+		defer db.Close()
 		store.Agent = cfg.Name
 		builder, logs = db, daemonbuilder.BucketLogs{P: pub}
 		health = func(ctx context.Context) error { return db.Check(ctx, bp, store) }

@@ -43,10 +43,22 @@ type benchArgs struct {
 	Hashes                                 []string   // NarHash per item, as the daemon's path info gives it
 	Refs                                   [][]string // References per item, as the daemon's path info gives them
 	Plain                                  bool       // plain PutObject of the NAR, no compression or hashing
+	// Socket, when set, is a daemon the child asks for each item's path
+	// info (NarHash, References), timed, as an agent does (Hashes and Refs
+	// are then ignored).
+	Socket string
 }
 
 // benchChild publishes the items and prints the compressed total.
 func benchChild(arg string) int {
+	if f, ok := strings.CutPrefix(arg, "@"); ok { // too long for an environment variable
+		data, err := os.ReadFile(f)
+		if err != nil {
+			fmt.Println("ERR", err)
+			return 2
+		}
+		arg = string(data)
+	}
 	var a benchArgs
 	if err := json.Unmarshal([]byte(arg), &a); err != nil {
 		fmt.Println("ERR", err)
@@ -66,6 +78,13 @@ func benchChild(arg string) int {
 		fmt.Println("ERR", err)
 		return 2
 	}
+	var sizes []uint64 // NarSize per item, when the daemon said
+	if a.Socket != "" {
+		if a.Hashes, a.Refs, sizes, err = pathInfos(ctx, a.Socket, a.Items); err != nil {
+			fmt.Println("ERR", err)
+			return 1
+		}
+	}
 	var fileSize uint64
 	if !a.Plain {
 		// As the agent publishes a build's outputs: the whole closure in
@@ -75,6 +94,9 @@ func benchChild(arg string) int {
 			item := DiskItem(it.StorePath, it.Dir)
 			item.NarHash = a.Hashes[i]
 			item.References = a.Refs[i]
+			if sizes != nil {
+				item.NarSize = sizes[i]
+			}
 			items = append(items, item)
 		}
 		res, err := p.PublishClosure(ctx, items, 0)
@@ -136,6 +158,13 @@ func dumpReader(dir string) io.Reader {
 // peak RSS in MiB and CPU seconds (user + system).
 func runChild(b *testing.B, a benchArgs) (string, float64, float64) {
 	arg, _ := json.Marshal(a)
+	if len(arg) > 64<<10 { // Linux refuses an environment string over 128 KiB
+		f := filepath.Join(b.TempDir(), "bench-args.json")
+		if err := os.WriteFile(f, arg, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		arg = []byte("@" + f)
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), benchChildEnv+"="+string(arg))
 	out, err := cmd.CombinedOutput()

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/klauspost/compress/zstd"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/lifecycle"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -113,10 +114,16 @@ type Publisher struct {
 	log  logr.Logger
 	keys signing.Keys
 
-	// firstParts recycles the buffer that decides between one PUT and a
-	// multipart upload: most items are small, and publishing many of them
-	// should not allocate 5 MiB each.
-	firstParts sync.Pool
+	// smallParts recycles the buffer most objects fit in whole (small
+	// store items, logs); firstParts the one that decides between one PUT
+	// and a multipart upload, taken only when the small one fills.
+	// Publishing many small items should not allocate (and clear) 5 MiB
+	// each: a sync.Pool is emptied by every other GC, and small items make
+	// GCs frequent.
+	smallParts, firstParts sync.Pool
+	// zstdEncoders recycles zstd encoders: a new one allocates and clears
+	// megabytes of tables and buffers, far more than a small item's NAR.
+	zstdEncoders sync.Pool
 
 	// beforeNarInfo, when set (tests), runs after the nar is verified and
 	// before the narinfo is written.
@@ -443,7 +450,7 @@ func (p *Publisher) hashItem(ctx context.Context, item StoreItem) (string, int64
 	}
 	defer src.Close()
 	h := nar.NewHashingWriter()
-	if _, err := nar.Validate(bufio.NewReaderSize(io.TeeReader(src, h), 1<<20)); err != nil {
+	if _, err := nar.Validate(bufio.NewReaderSize(io.TeeReader(src, h), narReadBuffer(item.NarSize))); err != nil {
 		return "", 0, sourceError(item.StorePath, err)
 	}
 	return h.Sum(), h.Size(), nil
@@ -485,7 +492,7 @@ func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash 
 	go func() {
 		err := func() error {
 			defer src.Close()
-			zw, err := compress.NewWriter(io.MultiWriter(fileHasher, pw), p.cfg.Compression, p.cfg.Level)
+			zw, release, err := p.compressor(io.MultiWriter(fileHasher, pw))
 			if err != nil {
 				return permanent(err)
 			}
@@ -494,13 +501,14 @@ func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash 
 				scan = nar.NewRefScanner(item.ScanReferences)
 				sinks = append(sinks, scan)
 			}
-			if _, err := nar.Validate(bufio.NewReaderSize(io.TeeReader(src, io.MultiWriter(sinks...)), 1<<20)); err != nil {
+			if _, err := nar.Validate(bufio.NewReaderSize(io.TeeReader(src, io.MultiWriter(sinks...)), narReadBuffer(narSize))); err != nil {
 				zw.Close()
 				return sourceError(item.StorePath, err)
 			}
 			if err := zw.Close(); err != nil {
 				return err
 			}
+			release()
 			if got := narHasher.Sum(); got != narHash || (narSize != 0 && uint64(narHasher.Size()) != narSize) {
 				return permanent(fmt.Errorf("publish %s: the NAR read for upload has NarHash %s (%d bytes), expected %s (%d bytes): the store item changed, or its NarHash is wrong",
 					item.StorePath, got, narHasher.Size(), narHash, narSize))
@@ -536,15 +544,24 @@ func (p *Publisher) uploadNar(ctx context.Context, item StoreItem, key, narHash 
 // small), else a multipart upload with Concurrency parts in flight.
 // Memory: PartSize × (Concurrency + 1).
 func (p *Publisher) putStream(ctx context.Context, key string, r io.Reader, opts minio.PutObjectOptions) (minio.UploadInfo, error) {
-	bp, _ := p.firstParts.Get().(*[]byte)
-	if bp == nil {
-		b := make([]byte, minPartSize)
-		bp = &b
+	opts.DisableContentSha256 = true // the content is hashed by us
+	sp := pooled(&p.smallParts, smallPartSize)
+	defer p.smallParts.Put(sp)
+	small := *sp
+	n, err := io.ReadFull(r, small)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		opts.DisableMultipart = true
+		return p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(small[:n]), int64(n), opts)
 	}
+	if err != nil {
+		return minio.UploadInfo{}, err
+	}
+	bp := pooled(&p.firstParts, minPartSize)
 	defer p.firstParts.Put(bp)
 	first := *bp
-	n, err := io.ReadFull(r, first)
-	opts.DisableContentSha256 = true // the content is hashed by us
+	copy(first, small)
+	m, err := io.ReadFull(r, first[len(small):])
+	n = len(small) + m
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		opts.DisableMultipart = true
 		return p.c.PutObject(ctx, p.cfg.Bucket, key, bytes.NewReader(first[:n]), int64(n), opts)
@@ -554,6 +571,48 @@ func (p *Publisher) putStream(ctx context.Context, key string, r io.Reader, opts
 	}
 	opts.PartSize, opts.NumThreads, opts.ConcurrentStreamParts = p.cfg.PartSize, uint(p.cfg.Concurrency), p.cfg.Concurrency > 1
 	return p.c.PutObject(ctx, p.cfg.Bucket, key, io.MultiReader(bytes.NewReader(first), r), -1, opts)
+}
+
+// compressor returns a writer compressing into w as configured, and a
+// release to call once it is closed without error (it may then be reused).
+// A reused zstd encoder is Reset: a new, independent stream, the same
+// bytes as a new encoder's.
+func (p *Publisher) compressor(w io.Writer) (io.WriteCloser, func(), error) {
+	if e, _ := p.zstdEncoders.Get().(*zstd.Encoder); e != nil {
+		e.Reset(w)
+		return e, func() { p.zstdEncoders.Put(e) }, nil
+	}
+	zw, err := compress.NewWriter(w, p.cfg.Compression, p.cfg.Level)
+	if err != nil {
+		return nil, nil, err
+	}
+	if e, ok := zw.(*zstd.Encoder); ok {
+		return zw, func() { p.zstdEncoders.Put(e) }, nil
+	}
+	return zw, func() {}, nil
+}
+
+// smallPartSize is the first buffer putStream reads into: most store items
+// and logs fit in it.
+const smallPartSize = 256 << 10
+
+// pooled returns a buffer of size bytes from pool, or a new one.
+func pooled(pool *sync.Pool, size int) *[]byte {
+	if bp, _ := pool.Get().(*[]byte); bp != nil {
+		return bp
+	}
+	b := make([]byte, size)
+	return &b
+}
+
+// narReadBuffer is the size of the read buffer for a NAR of narSize bytes
+// (0: unknown): 1 MiB, or the NAR's size when it is smaller, so that each
+// small item does not allocate and clear a megabyte.
+func narReadBuffer(narSize uint64) int {
+	if narSize > 0 && narSize < 1<<20 {
+		return max(int(narSize), 4096)
+	}
+	return 1 << 20
 }
 
 // verifyNar checks the stored object before a narinfo may point at it:

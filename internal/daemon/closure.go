@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"io"
 )
 
 // Closure returns paths and everything they refer to, references first (each path after all of
@@ -40,32 +39,4 @@ func (c *Conn) Closure(ctx context.Context, paths []string, max int) ([]PathInfo
 		}
 	}
 	return order, nil
-}
-
-// OpenNar streams path's NAR on a connection of its own to the daemon at socket, closed with the
-// stream: concurrent streams (parallel uploads) each need one, since a NAR keeps its Conn busy.
-func OpenNar(ctx context.Context, socket, path string) (io.ReadCloser, error) {
-	conn, err := Dial(ctx, socket)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to the daemon for the nar of %s: %w", path, err)
-	}
-	r, err := conn.Nar(ctx, path)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return narConn{r, conn}, nil
-}
-
-type narConn struct {
-	io.ReadCloser
-	conn *Conn
-}
-
-func (s narConn) Close() error {
-	err := s.ReadCloser.Close()
-	if cerr := s.conn.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

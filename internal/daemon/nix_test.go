@@ -204,6 +204,60 @@ func TestNixDaemon(t *testing.T) {
 		}
 	})
 
+	t.Run("Pool", func(t *testing.T) {
+		path, err := c.AddTextToStore(ctx, "pooled", []byte("pooled text"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := d.Run(ctx, "nix-store", "--dump", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := NewPool(d.Socket, 1)
+		defer p.Close()
+		read := func() *Conn {
+			t.Helper()
+			r, err := p.OpenNar(ctx, path, CallerHashes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("pooled Nar: %d bytes (%v), nix-store --dump: %d", len(got), err, len(want))
+			}
+			conn := r.(*pooledNar).c
+			r.Close()
+			return conn
+		}
+		first := read()
+		if second := read(); second != first {
+			t.Error("a stream read to its end did not give its connection back to the pool")
+		}
+		// A pooled connection the daemon dropped while idle: the next stream retries on a new one.
+		first.nc.Close()
+		if third := read(); third == first {
+			t.Error("a dropped connection was used again")
+		}
+		// A daemon's answer (invalid path) is not retried and leaves the connection pooled.
+		if _, err := p.OpenNar(ctx, "/gnu/store/00000000000000000000000000000000-missing"); !errors.Is(err, ErrNotValid) {
+			t.Errorf("pooled Nar(missing) = %v, want ErrNotValid", err)
+		}
+		// A stream closed before its end takes its connection with it.
+		r, err := p.OpenNar(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := r.(*pooledNar).c
+		r.Read(make([]byte, 8))
+		r.Close()
+		if !errors.Is(conn.brokenErr(), ErrClosed) {
+			t.Errorf("a stream closed early left its connection open (%v)", conn.brokenErr())
+		}
+		if len(p.idle) != 0 {
+			t.Errorf("%d idle connections after an early close, want 0", len(p.idle))
+		}
+	})
+
 	t.Run("Nar", func(t *testing.T) {
 		_, out := d.Build(t, bb, "tree", `B=$bb/bin/busybox; $B mkdir -p $out/sub; echo hello > $out/a; $B ln -s a $out/link;
 printf '#!/bin/sh\necho hi\n' > $out/sub/run.sh; $B chmod +x $out/sub/run.sh; $B head -c 3000000 /dev/zero | $B tr '\0' x > $out/big; : > $out/empty`)
@@ -226,7 +280,14 @@ printf '#!/bin/sh\necho hi\n' > $out/sub/run.sh; $B chmod +x $out/sub/run.sh; $B
 		if _, err := nar.Validate(bytes.NewReader(got)); err != nil {
 			t.Error(err)
 		}
-		// The Conn is free again.
+		// The Conn is free again; CallerHashes passes the same bytes on.
+		r, err = c.Nar(ctx, out, CallerHashes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err = io.ReadAll(r); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("Nar with CallerHashes: %d bytes (%v), nix-store --dump: %d bytes, not equal", len(got), err, len(want))
+		}
 		if _, err := c.IsValidPath(ctx, out); err != nil {
 			t.Fatal(err)
 		}

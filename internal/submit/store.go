@@ -36,17 +36,22 @@ type DaemonStore struct {
 
 	mu   sync.Mutex
 	conn *daemon.Conn
+	nars *daemon.Pool // OpenNar's connections, made on first use
 }
 
-// Close closes the query connection.
+// Close closes the query connection and the idle nar connections.
 func (s *DaemonStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.conn == nil {
-		return nil
+	var err error
+	if s.conn != nil {
+		err = s.conn.Close()
+		s.conn = nil
 	}
-	err := s.conn.Close()
-	s.conn = nil
+	if s.nars != nil {
+		err = errors.Join(err, s.nars.Close())
+		s.nars = nil
+	}
 	return err
 }
 
@@ -125,9 +130,21 @@ func (s *DaemonStore) ReadFile(ctx context.Context, path string) ([]byte, error)
 	return data, nil
 }
 
-// OpenNar implements Store on a connection of its own, closed with the stream.
+// narPoolIdle is how many idle nar connections a DaemonStore keeps: more than Options.Uploads'
+// default, so parallel uploads reuse them.
+const narPoolIdle = 8
+
+// OpenNar implements Store on a pooled connection of its own (a new connection costs the daemon
+// a fork, a hundred times a small item's nar). Its one caller, the publisher, checks the NarHash
+// of what it uploads, so the stream is not hashed twice.
 func (s *DaemonStore) OpenNar(ctx context.Context, path string) (io.ReadCloser, error) {
-	r, err := daemon.OpenNar(ctx, s.Socket, path)
+	s.mu.Lock()
+	if s.nars == nil {
+		s.nars = daemon.NewPool(s.Socket, narPoolIdle)
+	}
+	nars := s.nars
+	s.mu.Unlock()
+	r, err := nars.OpenNar(ctx, path, daemon.CallerHashes())
 	if err != nil {
 		return nil, fmt.Errorf("streaming the NAR of %s from the daemon at %s: %w", path, s.Socket, err)
 	}
