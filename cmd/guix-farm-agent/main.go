@@ -27,9 +27,9 @@ import (
 	"github.com/guixfarm/guix-farm/agent"
 	"github.com/guixfarm/guix-farm/agent/buildstep"
 	"github.com/guixfarm/guix-farm/agent/daemonbuilder"
-	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/internal/bucket"
 )
 
 func main() {
