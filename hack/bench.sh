@@ -47,8 +47,13 @@ bench ./internal/planner '^BenchmarkReplanAfterFinish100k$/^derivation-ordered$'
 bench ./internal/signing '^(BenchmarkGuixSign|BenchmarkGuixVerify)$' 200x
 bench ./internal/narinfo '^BenchmarkNarinfoSignBoth$' 200x
 # One op each: 500 Builds through a real apiserver; an etcd read; 1 GiB closures.
-bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild)$' 1x 20m
-bench ./internal/bucket '^(BenchmarkPublishClosure1GiB|BenchmarkNixCopy1GiB|BenchmarkPlainUpload1GiB)$' 1x 60m
+bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild|BenchmarkSampleDAGFarm)$' 1x 20m
+bench ./internal/bucket '^(BenchmarkPublishClosure1GiB|BenchmarkNixCopy1GiB|BenchmarkPlainUpload1GiB|BenchmarkPublishClosure1000Small|BenchmarkNixCopy1000Small)$' 1x 60m
+bench ./internal/daemon '^(BenchmarkDaemonNarExport1GiB|BenchmarkNixStoreDump1GiB)$' 1x 20m
+# The agent's overhead is tens of ms per op: 5 ops. The 1,000-item publication and the sample
+# DAG (both ways) are seconds each: one.
+bench ./agent/daemonbuilder '^BenchmarkAgentOverhead$' 5x 20m
+bench ./agent/daemonbuilder '^(BenchmarkAgentPublish1000Small|BenchmarkSampleDAG)$' 1x 20m
 
 go run ./hack/benchfmt < "$RAW" || exit 2
 if [ ${#failed[@]} -gt 0 ]; then

@@ -55,6 +55,9 @@ var (
 	planPkg        = "./internal/planner"
 	integrationPkg = "./test/integration"
 	bucketPkg      = "./internal/bucket"
+	daemonPkg      = "./internal/daemon"
+	builderPkg     = "./agent/daemonbuilder"
+	nixCopySmall   = baseline{label: "BenchmarkNixCopy1000Small", bench: "BenchmarkNixCopy1000Small", metric: "items/s"}
 )
 
 // table is every figure `make bench` prints, in order.
@@ -84,6 +87,19 @@ var table = []figure{
 		base: baseline{label: "BenchmarkPlainUpload1GiB", bench: "BenchmarkPlainUpload1GiB", metric: "MB/s"}},
 	{name: "publish.rss", pkg: bucketPkg, bench: "BenchmarkPublishClosure1GiB", metric: "peak-RSS-MiB", unit: "MiB", scale: 1,
 		base: baseline{label: "target", value: 256}},
+
+	{name: "publish.small", pkg: bucketPkg, bench: "BenchmarkPublishClosure1000Small", metric: "items/s", unit: "items/s",
+		scale: 1, base: nixCopySmall},
+	{name: "publish.small.agent", pkg: builderPkg, bench: "BenchmarkAgentPublish1000Small", metric: "items/s", unit: "items/s",
+		scale: 1, base: nixCopySmall},
+	{name: "daemon.nar-export", pkg: daemonPkg, bench: "BenchmarkDaemonNarExport1GiB", metric: "MiB/s", unit: "MiB/s", scale: 1,
+		base: baseline{label: "BenchmarkNixStoreDump1GiB", bench: "BenchmarkNixStoreDump1GiB", metric: "MiB/s"}},
+	{name: "agent.overhead", pkg: builderPkg, bench: "BenchmarkAgentOverhead", metric: "overhead-ms", unit: "ms", scale: 1,
+		base: baseline{label: "the daemon's own build", bench: "BenchmarkAgentOverhead", metric: "daemon-build-ms"}},
+	{name: "sample-dag.farm", pkg: integrationPkg, bench: "BenchmarkSampleDAGFarm", metric: "farm-s", unit: "s", scale: 1,
+		base: baseline{label: "nix-store --realise -j 2, one daemon", bench: "BenchmarkSampleDAGFarm", metric: "nix-s"}},
+	{name: "sample-dag.agents", pkg: builderPkg, bench: "BenchmarkSampleDAG", metric: "farm-s", unit: "s", scale: 1,
+		base: baseline{label: "nix-store --realise -j 2, one daemon", bench: "BenchmarkSampleDAG", metric: "nix-s"}},
 
 	{name: "signing.guix-sign", pkg: "./internal/signing", bench: "BenchmarkGuixSign", metric: "ns/op", unit: "µs/op", scale: nsToUs,
 		base: baseline{label: "Nix ed25519 sign", ratio: "x_ed25519_sign"}},

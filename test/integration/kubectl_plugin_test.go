@@ -231,7 +231,7 @@ func TestKubectlPluginSubmitAndLogs(t *testing.T) {
 }
 
 // pluginBinary builds cmd/kubectl-guixfarm into the test's temporary directory.
-func pluginBinary(t *testing.T) string {
+func pluginBinary(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "kubectl-guixfarm")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/kubectl-guixfarm")

@@ -96,10 +96,11 @@ const fixedContent = "fixed content\n"
 
 // rbBuild is one derivation of realDAG and the Build that asks for it.
 type rbBuild struct {
-	attr string
-	name string // the Build's, as kubectl-guixfarm submit named it
-	drv  string
-	outs map[string]string // output name -> path
+	attr   string
+	name   string // the Build's, as kubectl-guixfarm submit named it
+	drv    string
+	outs   map[string]string // output name -> path
+	inputs []string          // input .drv paths
 }
 
 // rbFarm is the farm on real parts: MinIO, a submitter nix-daemon where the derivations are
@@ -148,6 +149,7 @@ var rbAgents = []string{"agent-a", "agent-b"}
 func TestRealBuild(t *testing.T) {
 	start := time.Now()
 	f := startRealFarm(t)
+	f.instantiate(t)
 	t.Logf("farm up, derivations instantiated after %s", time.Since(start).Round(100*time.Millisecond))
 
 	dag := []string{"chain0", "chain1", "chain2", "fanin", "multi", "fixed", "big", "noisy"}
@@ -319,7 +321,10 @@ func TestRealBuild(t *testing.T) {
 	t.Logf("TestRealBuild ran %s", time.Since(start).Round(100*time.Millisecond))
 }
 
-func startRealFarm(t *testing.T) *rbFarm {
+// startRealFarm starts the farm but its agents: MinIO with the bucket, the signing keys, the
+// submitter's daemon (with busybox) and the agents' daemons, the controller and the plugin. What
+// it builds is the caller's to instantiate (instantiate, for realDAG).
+func startRealFarm(t testing.TB) *rbFarm {
 	t.Helper()
 	ctx := context.Background()
 	f := &rbFarm{daemons: map[string]*testbed.NixDaemon{}, agents: map[string]*farm.AgentProcess{}, builds: map[string]*rbBuild{},
@@ -394,12 +399,11 @@ func startRealFarm(t *testing.T) *rbFarm {
 
 	f.kc = env.Kubeconfig(t)
 	f.plugin = pluginBinary(t)
-	f.instantiate(t)
 	return f
 }
 
 // startAgents starts the two healthy agents.
-func (f *rbFarm) startAgents(t *testing.T) {
+func (f *rbFarm) startAgents(t testing.TB) {
 	t.Helper()
 	// Nix 2.8 races when two daemon workers first open the same binary cache at once: one of them
 	// fails with "executing SQLite statement 'insert or replace into NARs…': constraint failed"
@@ -458,30 +462,44 @@ func (f *rbFarm) instantiate(t *testing.T) {
 		t.Fatalf("nix-instantiate gave %d paths for %d attributes: %v", len(out), len(attrs), out)
 	}
 	for i, a := range attrs {
-		data, err := os.ReadFile(f.submit.HostPath(out[i]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := derivation.Parse(data)
-		if err != nil {
-			t.Fatalf("%s: %v", out[i], err)
-		}
-		f.builds[a] = &rbBuild{attr: a, drv: out[i], outs: d.OutputPaths()}
+		f.addBuild(t, a, out[i])
 	}
+}
+
+// addBuild records drv, a derivation in the submitter's store, in f.builds under key.
+func (f *rbFarm) addBuild(t testing.TB, key, drv string) {
+	t.Helper()
+	data, err := os.ReadFile(f.submit.HostPath(drv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := derivation.Parse(data)
+	if err != nil {
+		t.Fatalf("%s: %v", drv, err)
+	}
+	f.builds[key] = &rbBuild{attr: key, drv: drv, outs: d.OutputPaths(), inputs: d.InputDerivations()}
 }
 
 // submitBuilds runs `kubectl-guixfarm submit` on the derivations of attrs: it publishes their
 // .drv closures from the submitter's daemon to the bucket and creates one Build each, whose
-// names it prints.
-func (f *rbFarm) submitBuilds(t *testing.T, flags []string, attrs ...string) {
+// names it prints. With --all-missing among flags it also creates the Builds of inputs, which
+// must be in f.builds too.
+func (f *rbFarm) submitBuilds(t testing.TB, flags []string, attrs ...string) {
 	t.Helper()
 	args := []string{"--kubeconfig", f.kc, "-n", f.ns, "submit", "--daemon-socket", f.submit.Socket,
 		"--bucket-endpoint", f.minio.URL, "--bucket", rbBucket, "--signing-keys", strings.Join(f.keyFiles, ",")}
 	args = append(args, flags...)
-	byDrv := map[string]*rbBuild{}
+	byDrv := map[string]*rbBuild{} // those of attrs: each must get its line
+	known := map[string]*rbBuild{} // those a line may name
 	for _, a := range attrs {
 		args = append(args, f.builds[a].drv)
 		byDrv[f.builds[a].drv] = f.builds[a]
+		known[f.builds[a].drv] = f.builds[a]
+	}
+	if slices.Contains(flags, "--all-missing") {
+		for _, rb := range f.builds {
+			known[rb.drv] = rb
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -494,10 +512,10 @@ func (f *rbFarm) submitBuilds(t *testing.T, flags []string, attrs ...string) {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
 		fs := strings.Fields(line)
-		if len(fs) != 3 || fs[1] != "created" || byDrv[fs[2]] == nil || !strings.HasPrefix(fs[0], "build/") {
+		if len(fs) != 3 || fs[1] != "created" || known[fs[2]] == nil || !strings.HasPrefix(fs[0], "build/") {
 			t.Fatalf("kubectl-guixfarm submit printed %q; want build/<name> created <drv> for %v", line, attrs)
 		}
-		byDrv[fs[2]].name = strings.TrimPrefix(fs[0], "build/")
+		known[fs[2]].name = strings.TrimPrefix(fs[0], "build/")
 		delete(byDrv, fs[2])
 	}
 	if len(byDrv) > 0 {
