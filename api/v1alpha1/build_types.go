@@ -53,6 +53,9 @@ const (
 	ReasonLogLimit        = "LogLimitExceeded"
 	ReasonNotReproducible = "NotReproducible"
 	ReasonAgentUnhealthy  = "AgentUnhealthy"
+	// ReasonInvalidDerivation: spec.derivation names a .drv that cannot be parsed or is out of
+	// bounds; it can never build, so the Build fails without an attempt.
+	ReasonInvalidDerivation = "InvalidDerivation"
 )
 
 // BuildSpec is what the user asked for.
@@ -100,7 +103,10 @@ type BuildSpec struct {
 	SkipIfOutputsAvailable bool `json:"skipIfOutputsAvailable,omitempty"`
 
 	// EnsureInputBuilds creates a Build, at this build's priority, for every input derivation
-	// whose outputs are not available and that has no pending or running Build.
+	// whose outputs are not available and that has no Build, named as `kubectl guixfarm submit`
+	// names it (internal/buildname) and annotated build.guixfarm.io/created-for with this
+	// build's name. A failed input Build is not replaced: delete it (or submit the derivation
+	// under another name) to build it again.
 	// +optional
 	EnsureInputBuilds bool `json:"ensureInputBuilds,omitempty"`
 

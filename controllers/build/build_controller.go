@@ -196,20 +196,18 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 		}
 		return ctrl.Result{}, err
 	}
-	if err := r.reconcileInputBuilds(ctx, s); err != nil {
-		return ctrl.Result{}, err
-	}
+	retryInputs := r.reconcileInputBuilds(ctx, s)
 	r.reconcileAllocation(s)
 	if s.b.Status.Allocation != nil || len(s.b.Status.Conditions) > 0 || s.b.Status.Phase != "" {
 		recordFacts(s, s.b.Status.Allocation != nil)
-		return ctrl.Result{}, nil
+		return ctrl.Result{RequeueAfter: retryInputs}, nil
 	}
 	// Nothing to say yet: give the planner a moment, so one write carries facts and allocation.
 	if age := s.now.Sub(s.b.CreationTimestamp.Time); age < FactsDelay {
 		return ctrl.Result{RequeueAfter: FactsDelay - age}, nil
 	}
 	recordFacts(s, false)
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: retryInputs}, nil
 }
 
 // patchStatus writes the status once, if it changed, with the resourceVersion of what was read.

@@ -11,6 +11,7 @@ import (
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/conditions"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
+	"github.com/guixfarm/guix-farm/internal/lifecycle"
 )
 
 // Retry bounds for an unreadable .drv: backoff doubles with the time the condition has been False.
@@ -20,10 +21,22 @@ const (
 )
 
 // reconcileFacts reads the .drv (cached) and records its small facts in the status once. An
-// unreadable or unparseable .drv sets DerivationReadable=False and retries with backoff.
+// unreadable .drv sets DerivationReadable=False and retries with backoff (it may be uploaded
+// later, the bucket may come back); an invalid one ends the Build Failed, since no retry can
+// help.
 func (r *Reconciler) reconcileFacts(ctx context.Context, s *scope) (ctrl.Result, bool) {
 	b := s.b
 	facts, err := r.Facts.Get(ctx, b.Spec.Derivation)
+	if errors.Is(err, drvsource.ErrInvalid) && b.Status.Attempt == nil && b.Status.Phase != farmv1.BuildRunning {
+		conditions.Set(&b.Status.Conditions, b.Generation, s.now, farmv1.BuildConditionDerivationReadable,
+			metav1.ConditionFalse, "Invalid", "Reading spec.derivation: "+err.Error())
+		if ferr := lifecycle.FailUnstarted(b, s.now, farmv1.ReasonInvalidDerivation,
+			"spec.derivation cannot be built: "+err.Error()+"; fix the .drv (or the Build's spec.derivation) and create the Build again"); ferr == nil {
+			s.log.Info("Invalid derivation; build failed", "derivation", b.Spec.Derivation, "error", err.Error())
+			r.Loop.Forget(s.key)
+			return ctrl.Result{}, true
+		}
+	}
 	if err != nil {
 		reason := "Unreachable"
 		switch {

@@ -61,21 +61,6 @@ func TestFactsBackoff(t *testing.T) {
 	}
 }
 
-func TestInputBuildName(t *testing.T) {
-	cases := map[string]struct{ drv, want string }{
-		"plain":      {"/gnu/store/5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-demo.drv", "5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-demo-0"},
-		"odd chars":  {"/gnu/store/5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-Foo_Bar+1.drv", "5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-foo-bar-1-0"},
-		"trailing .": {"/gnu/store/5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-x..drv", "5mr3q377sm4i7kmy0s0gai2dxxq0lkhh-x.-0"},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			if got := inputBuildName(tc.drv, 0); got != tc.want {
-				t.Errorf("inputBuildName = %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
 func TestSetWait(t *testing.T) {
 	type conds map[string]metav1.ConditionStatus
 	cases := map[string]struct {

@@ -14,8 +14,16 @@ import (
 // items use both cores of a small node while the upload overlaps.
 const DefaultClosureParallelism = 2
 
+// smallItemSize is the NarSize under which PublishClosure counts an item as small, and
+// smallItemsPerSlot how many small items it publishes at once per slot of its parallelism.
+const (
+	smallItemSize     = 1 << 20
+	smallItemsPerSlot = 4
+)
+
 // PublishClosure publishes items (typically a closure), up to parallel at
-// a time (0 means DefaultClosureParallelism). Before anything is uploaded,
+// a time (0 means DefaultClosureParallelism), and as many again times
+// smallItemsPerSlot items whose NarSize is known and small. Before anything is uploaded,
 // every item's references are checked: each must be in the batch or have
 // a narinfo in the bucket, or the whole batch is refused
 // (ErrMissingReference, naming each item and reference). Items start in
@@ -63,9 +71,16 @@ func (p *Publisher) PublishClosure(ctx context.Context, items []StoreItem, paral
 		}
 		return nil
 	}
-	sem := make(chan struct{}, parallel)
+	// Small items are latency-bound (a few round trips to the bucket, little to compress): they
+	// take slots of a wider pool, so a closure of many small items is not paced by round trips,
+	// while large ones stay at parallel, what the cores can compress.
+	heavy, light := make(chan struct{}, parallel), make(chan struct{}, parallel*smallItemsPerSlot)
 	var wg sync.WaitGroup
 	for _, i := range order {
+		sem := heavy
+		if n := items[i].NarSize; n > 0 && n < smallItemSize {
+			sem = light
+		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():

@@ -108,6 +108,24 @@ func FailFinal(b *farmv1.Build, agent string, now time.Time, reason, message str
 	return nil
 }
 
+// FailUnstarted ends a Build no agent holds as failed, whatever attempts remain: for a Build that
+// can never succeed (its .drv is invalid). It refuses a Build with an attempt in flight, whose
+// agent reports its end.
+func FailUnstarted(b *farmv1.Build, now time.Time, reason, message string) error {
+	if b.Status.Attempt != nil || b.Status.Phase == farmv1.BuildRunning {
+		return fmt.Errorf("build has an attempt in flight on %s: its agent ends it", attemptAgent(b))
+	}
+	finish(b, now, farmv1.BuildFailed, metav1.ConditionFalse, reason, message)
+	return nil
+}
+
+func attemptAgent(b *farmv1.Build) string {
+	if b.Status.Attempt != nil {
+		return b.Status.Attempt.Agent
+	}
+	return "an agent"
+}
+
 // Release gives a claimed Build back without counting the attempt against the retry budget
 // (the agent is shutting down or could not set up). It is planned again at once.
 func Release(b *farmv1.Build, agent string, now time.Time, reason, message string) error {

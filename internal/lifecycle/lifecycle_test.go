@@ -139,3 +139,24 @@ func TestHistoryBounded(t *testing.T) {
 		t.Errorf("history %d entries, %d attempts; want %d, 20", len(b.Status.Attempts), b.Status.AttemptCount, farmv1.MaxAttemptHistory)
 	}
 }
+
+func TestFailUnstarted(t *testing.T) {
+	b := allocated("a1")
+	if err := FailUnstarted(b, now, farmv1.ReasonInvalidDerivation, "bad .drv"); err != nil {
+		t.Fatal(err)
+	}
+	if b.Status.Phase != farmv1.BuildFailed || b.Status.Allocation != nil || b.Status.CompletionTime == nil || b.Status.AttemptCount != 0 {
+		t.Errorf("after FailUnstarted: %+v; want Failed, no allocation, a completion time, no attempt", b.Status)
+	}
+	if c := b.Status.Conditions; len(c) != 1 || c[0].Type != farmv1.BuildConditionSucceeded || c[0].Reason != farmv1.ReasonInvalidDerivation {
+		t.Errorf("conditions %+v; want Succeeded=False InvalidDerivation", c)
+	}
+
+	r := running("a1", 1, nil)
+	if err := FailUnstarted(r, now, farmv1.ReasonInvalidDerivation, "bad .drv"); err == nil {
+		t.Error("FailUnstarted ended a Build with an attempt in flight")
+	}
+	if r.Status.Phase != farmv1.BuildRunning {
+		t.Errorf("a refused FailUnstarted changed the phase to %s", r.Status.Phase)
+	}
+}

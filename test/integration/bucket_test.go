@@ -24,8 +24,9 @@ import (
 )
 
 // TestBucketIsTheSource: the controller reads .drv files from the farm's bucket (a real MinIO),
-// finishes a Build whose outputs the bucket already has (skipIfOutputsAvailable), and reports a
-// .drv missing from the bucket as a condition, retrying with backoff, without crashing.
+// finishes a Build whose outputs the bucket already has (skipIfOutputsAvailable), reports a
+// .drv missing from the bucket as a condition, retrying with backoff, without crashing, and fails
+// a Build whose .drv does not parse (no retry can help it) without an attempt.
 func TestBucketIsTheSource(t *testing.T) {
 	ctx := context.Background()
 	m := testbed.StartMinIO(t)
@@ -50,6 +51,12 @@ func TestBucketIsTheSource(t *testing.T) {
 	for _, d := range []string{built, fresh} {
 		publishFile(d, filepath.Join(drvs.Dir, filepath.Base(d)))
 	}
+	invalid := filepath.Join(string(drvs.Store), "0123456789abcdfghijklmnpqrsvwxyz-invalid.drv")
+	garbage := filepath.Join(t.TempDir(), "garbage")
+	if err := os.WriteFile(garbage, []byte("not a derivation\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	publishFile(invalid, garbage)
 	data, err := os.ReadFile(filepath.Join(drvs.Dir, filepath.Base(built)))
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +85,8 @@ func TestBucketIsTheSource(t *testing.T) {
 	}
 	skip := farm.MakeBuild("already-built", ns, built).Obj()
 	skip.Spec.SkipIfOutputsAvailable = true
-	for _, b := range []*farmv1.Build{skip, farm.MakeBuild("fresh", ns, fresh).Obj(), farm.MakeBuild("missing", ns, missing).Obj()} {
+	for _, b := range []*farmv1.Build{skip, farm.MakeBuild("fresh", ns, fresh).Obj(), farm.MakeBuild("missing", ns, missing).Obj(),
+		farm.MakeBuild("invalid", ns, invalid).Obj()} {
 		if err := env.Client.Create(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -88,13 +96,19 @@ func TestBucketIsTheSource(t *testing.T) {
 		_ = env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, b)
 		return b
 	}
-	waitFor(t, 30*time.Second, "the three builds to settle", func() (bool, string) {
-		s, f, mi := get("already-built"), get("fresh"), get("missing")
+	waitFor(t, 30*time.Second, "the four builds to settle", func() (bool, string) {
+		s, f, mi, inv := get("already-built"), get("fresh"), get("missing"), get("invalid")
 		c := meta.FindStatusCondition(mi.Status.Conditions, farmv1.BuildConditionDerivationReadable)
+		ic := meta.FindStatusCondition(inv.Status.Conditions, farmv1.BuildConditionSucceeded)
 		ok := s.Status.Phase == farmv1.BuildSucceeded && f.Status.System == "x86_64-linux" &&
-			c != nil && c.Status == metav1.ConditionFalse && c.Reason == "NotFound"
-		return ok, fmt.Sprintf("already-built %s, fresh system %s, missing %+v", s.Status.Phase, f.Status.System, c)
+			c != nil && c.Status == metav1.ConditionFalse && c.Reason == "NotFound" &&
+			inv.Status.Phase == farmv1.BuildFailed && ic != nil && ic.Reason == farmv1.ReasonInvalidDerivation
+		return ok, fmt.Sprintf("already-built %s, fresh system %s, missing %+v, invalid %s %+v", s.Status.Phase, f.Status.System, c,
+			inv.Status.Phase, ic)
 	})
+	if inv := get("invalid"); inv.Status.AttemptCount != 0 {
+		t.Errorf("invalid: %d attempts, want none", inv.Status.AttemptCount)
+	}
 	c := meta.FindStatusCondition(get("already-built").Status.Conditions, farmv1.BuildConditionSucceeded)
 	if c == nil || c.Reason != "OutputsAvailable" || get("already-built").Status.AttemptCount != 0 {
 		t.Errorf("already-built: condition %+v; want Succeeded by OutputsAvailable without an attempt", c)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/internal/buildname"
 	"github.com/guixfarm/guix-farm/internal/planner"
 	"github.com/guixfarm/guix-farm/test/farm"
 )
@@ -109,18 +110,21 @@ func TestDerivationOrdered(t *testing.T) {
 }
 
 // TestEnsureInputBuilds: a Build asking for its inputs to be built gets a Build for every input
-// derivation nobody builds, transitively, at its priority; with the derivation-ordered strategy
-// the chain then builds bottom-up.
+// derivation nobody builds, transitively, at its priority, named as kubectl guixfarm submit names
+// it; with the derivation-ordered strategy the chain then builds bottom-up. The inputs are named
+// like a distribution's packages: long, with underscores, dots and plus signs, and the top
+// Build's name is longer than a label value.
 func TestEnsureInputBuilds(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t, "inputs")
 	drvs := farm.NewDrvs(t)
 	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.DerivationOrdered})
 	const sys = "x86_64-linux"
-	a := drvs.Add(t, "a", sys, 1)
-	b := drvs.Add(t, "b", sys, 2, a)
-	c := drvs.Add(t, "c", sys, 3, b)
-	top := farm.MakeBuild("top", ns, c).Priority(42).Obj()
+	a := drvs.Add(t, "texlive-latex-base_2024.2+git.3a5c9e1-with-documentation-and-fonts-source", sys, 1)
+	b := drvs.Add(t, "python-scikit-learn-extra__1.0.0.post1+cuda12.4-tests-disabled-x86_64", sys, 2, a)
+	c := drvs.Add(t, "gcc-toolchain-14.2.0+bootstrap", sys, 3, b)
+	topName := "top-" + strings.Repeat("x", 70) // past a label value's 63 characters
+	top := farm.MakeBuild(topName, ns, c).Priority(42).Obj()
 	top.Spec.EnsureInputBuilds = true
 	if err := env.Client.Create(ctx, top); err != nil {
 		t.Fatal(err)
@@ -133,8 +137,16 @@ func TestEnsureInputBuilds(t *testing.T) {
 		return len(bs) == 3 && p[farmv1.BuildSucceeded] == 3, fmt.Sprint(len(bs), " builds ", p)
 	})
 	for _, x := range listBuilds(t, ns) {
-		if x.Name != "top" && (x.Spec.Priority != 42 || x.Labels["build.guixfarm.io/created-for"] == "") {
-			t.Errorf("input build %s: priority %d, labels %v; want 42 and a created-for label", x.Name, x.Spec.Priority, x.Labels)
+		if x.Name == topName {
+			continue
+		}
+		want, err := buildname.For(x.Spec.Derivation)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x.Name != want || x.Spec.Priority != 42 || x.Annotations["build.guixfarm.io/created-for"] == "" {
+			t.Errorf("input build %s: priority %d, annotations %v; want the name %s, 42 and a created-for annotation",
+				x.Name, x.Spec.Priority, x.Annotations, want)
 		}
 	}
 }
