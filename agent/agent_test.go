@@ -226,10 +226,13 @@ func TestReportMissingInputs(t *testing.T) {
 
 	b := h.waitPhase("b1", farmv1.BuildPending)
 	st := b.Status
-	if st.AttemptCount != 0 || st.RetryAfter != nil || st.Allocation != nil {
+	if st.AttemptCount != 0 || st.Allocation != nil {
 		t.Errorf("status %+v: want released without spending an attempt", st)
 	}
-	if m := st.MissingInputs; m == nil || m.Agent != testAgent || len(m.Paths) != 1 || len(m.Derivations) != 1 {
+	if want := t0.Add(lifecycle.MissingInputsBackoff(1)); st.RetryAfter == nil || !st.RetryAfter.Time.Equal(want) {
+		t.Errorf("retryAfter %v, want %v (held back, so an input that never appears is no hot loop)", st.RetryAfter, want)
+	}
+	if m := st.MissingInputs; m == nil || m.Agent != testAgent || len(m.Paths) != 1 || len(m.Derivations) != 1 || m.Releases != 1 {
 		t.Errorf("missingInputs %+v", st.MissingInputs)
 	}
 	if len(st.Attempts) != 1 || st.Attempts[0].Reason != "MissingInputs" {
@@ -646,6 +649,7 @@ func TestReleasedBuildAllocatedAgainIsClaimed(t *testing.T) {
 	r.finish(buildstep.Result{}, buildstep.MissingInputs([]string{"/gnu/store/00000000000000000000000000000000-in"}, nil))
 	h.waitPhase("b1", farmv1.BuildPending)
 	h.idle()
+	h.clk.Step(time.Minute) // past the release's backoff: the planner offers it no sooner
 	h.updateStatus("b1", func(b *farmv1.Build) {
 		b.Status.Phase = farmv1.BuildAllocated
 		b.Status.Allocation = &farmv1.Allocation{Agent: testAgent, PlannedAt: metav1.NewTime(t0)}
@@ -668,6 +672,7 @@ func TestReleasedBuildAllocatedLaterIsClaimed(t *testing.T) {
 	h.waitPhase("b1", farmv1.BuildPending)
 	h.idle()
 	h.settle()
+	h.clk.Step(time.Minute) // past the release's backoff: the planner offers it no sooner
 	h.updateStatus("b1", func(b *farmv1.Build) {
 		b.Status.Phase = farmv1.BuildAllocated
 		b.Status.Allocation = &farmv1.Allocation{Agent: testAgent, PlannedAt: metav1.NewTime(t0)}

@@ -20,7 +20,8 @@ const maxMessage = 512
 //
 //	BuildFailed, SetupFailed, other errors  the attempt failed; retried with backoff while attempts remain
 //	TimedOut, LogLimitExceeded, NotReproducible  the Build fails now: another attempt would repeat it
-//	MissingInputs                           released without spending an attempt, the inputs named on the Build
+//	MissingInputs                           released without spending an attempt, the inputs named on the Build,
+//	                                        held back longer with each release in a row for the same inputs
 //	AgentUnhealthy                          released without spending an attempt
 func Finish(b *farmv1.Build, agent string, now time.Time, err error) error {
 	kind := KindOf(err)
@@ -29,13 +30,9 @@ func Finish(b *farmv1.Build, agent string, now time.Time, err error) error {
 	case KindTimedOut, KindLogLimit, KindNotReproducible:
 		return lifecycle.FailFinal(b, agent, now, reason, msg)
 	case KindMissingInputs:
-		if e := lifecycle.Release(b, agent, now, reason, msg); e != nil {
-			return e
-		}
 		var se *Error
 		errors.As(err, &se)
-		b.Status.MissingInputs = boundMissing(se.MissingPaths, se.MissingDerivations, agent)
-		return nil
+		return lifecycle.ReleaseMissing(b, agent, now, reason, msg, boundMissing(se.MissingPaths, se.MissingDerivations, agent))
 	case KindAgentUnhealthy:
 		return lifecycle.Release(b, agent, now, reason, msg)
 	default:

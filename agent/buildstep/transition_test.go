@@ -41,7 +41,7 @@ func TestFinish(t *testing.T) {
 		{"timed out fails at once", TimedOut(errors.New("after 10s"), tail), 1, v1alpha1.BuildFailed, "TimedOut", 1, false, false, "after 10s"},
 		{"log limit fails at once", LogLimit(1024), 1, v1alpha1.BuildFailed, "LogLimitExceeded", 1, false, false, "1024 bytes"},
 		{"not reproducible fails at once", NotReproducible(errors.New("narhash differs")), 1, v1alpha1.BuildFailed, "NotReproducible", 1, false, false, "narhash differs"},
-		{"missing inputs: released, attempt not spent, named on the Build", MissingInputs([]string{"/gnu/store/x-in"}, []string{"/gnu/store/y-in.drv"}), 2, v1alpha1.BuildPending, "MissingInputs", 1, false, true, "1 input paths"},
+		{"missing inputs: released, attempt not spent, named on the Build, held back", MissingInputs([]string{"/gnu/store/x-in"}, []string{"/gnu/store/y-in.drv"}), 2, v1alpha1.BuildPending, "MissingInputs", 1, true, true, "1 input paths"},
 		{"agent unhealthy: released", AgentUnhealthy(errors.New("daemon socket refused")), 1, v1alpha1.BuildPending, "AgentUnhealthy", 0, false, false, "daemon socket refused"},
 		{"wrapped typed error keeps its kind", fmt.Errorf("step: %w", TimedOut(nil, nil)), 1, v1alpha1.BuildFailed, "TimedOut", 1, false, false, "TimedOut"},
 	} {
@@ -68,6 +68,47 @@ func TestFinish(t *testing.T) {
 				t.Errorf("message of %d bytes", len(last.Message))
 			}
 		})
+	}
+}
+
+// Releases in a row for the same missing inputs are counted and held back longer each time; other
+// missing inputs start the count again, and an attempt that gets past its inputs clears it.
+func TestFinishMissingInputsRepeated(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	b := running(1, 3)
+	release := func(paths ...string) {
+		t.Helper()
+		if err := Finish(b, "a1", now, MissingInputs(paths, nil)); err != nil {
+			t.Fatal(err)
+		}
+		b.Status.Phase, b.Status.Allocation = v1alpha1.BuildAllocated, &v1alpha1.Allocation{Agent: "a1"}
+		b.Status.RetryAfter = nil // the planner offers it again once the backoff has passed
+		if err := lifecycle.Claim(b, "a1", now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, want := range []int32{1, 2, 3} {
+		release("/gnu/store/x-in")
+		if got := b.Status.MissingInputs.Releases; got != want {
+			t.Fatalf("release %d: releases %d, want %d", i+1, got, want)
+		}
+	}
+	if b.Status.AttemptCount != 1 {
+		t.Errorf("attempt count %d after three releases, want 1 (the one running)", b.Status.AttemptCount)
+	}
+	if lifecycle.MissingInputsBackoff(3) <= lifecycle.MissingInputsBackoff(1) || lifecycle.MissingInputsBackoff(100) != 10*time.Minute {
+		t.Errorf("backoff %s after 1 release, %s after 3, %s after 100; want growing up to 10m",
+			lifecycle.MissingInputsBackoff(1), lifecycle.MissingInputsBackoff(3), lifecycle.MissingInputsBackoff(100))
+	}
+	release("/gnu/store/z-other")
+	if got := b.Status.MissingInputs.Releases; got != 1 {
+		t.Errorf("releases %d for other inputs, want 1", got)
+	}
+	if err := Finish(b, "a1", now, BuildFailed(errors.New("exit 1"), nil)); err != nil {
+		t.Fatal(err)
+	}
+	if b.Status.MissingInputs != nil {
+		t.Errorf("missingInputs %+v after an attempt that found its inputs, want none", b.Status.MissingInputs)
 	}
 }
 

@@ -286,7 +286,8 @@ type BuildStatus struct {
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 
 	// MissingInputs is what the last attempt could neither find nor substitute; the Build waits
-	// for them (never fails for them). Cleared when an attempt starts.
+	// for them (never fails for them). Kept while the next attempt runs (so a repeat is
+	// counted); cleared when an attempt succeeds or fails.
 	// +optional
 	MissingInputs *MissingInputs `json:"missingInputs,omitempty"`
 }
@@ -311,6 +312,12 @@ type MissingInputs struct {
 	// More counts the paths and derivations left out of the lists above.
 	// +optional
 	More int32 `json:"more,omitempty"`
+	// Releases counts the attempts in a row released for these same missing inputs; each
+	// release holds the Build back (status.retryAfter) twice as long as the previous one, from 5
+	// seconds up to 10 minutes.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Releases int32 `json:"releases,omitempty"`
 	// Agent reported them.
 	// +optional
 	// +kubebuilder:validation:MaxLength=253

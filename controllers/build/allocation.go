@@ -2,6 +2,7 @@ package build
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -62,13 +63,33 @@ func setWait(b *farmv1.Build, now time.Time, w planner.Wait) {
 	default:
 		conditions.Remove(&b.Status.Conditions, farmv1.BuildConditionSchedulable)
 	}
-	switch w.Reason {
-	case planner.InputsPending:
+	switch m := b.Status.MissingInputs; {
+	case w.Reason == planner.InputsPending:
 		conditions.Set(&b.Status.Conditions, b.Generation, now, farmv1.BuildConditionInputsPending, metav1.ConditionTrue,
 			string(w.Reason), w.Message)
+	case m != nil && b.Status.Phase != farmv1.BuildRunning:
+		conditions.Set(&b.Status.Conditions, b.Generation, now, farmv1.BuildConditionInputsPending, metav1.ConditionTrue,
+			farmv1.ReasonMissingInputs, missingMessage(b))
 	default:
 		conditions.Remove(&b.Status.Conditions, farmv1.BuildConditionInputsPending)
 	}
+}
+
+// missingMessage says what an agent could not find, and how often in a row.
+func missingMessage(b *farmv1.Build) string {
+	m := b.Status.MissingInputs
+	what := strings.Join(m.Paths, ", ")
+	if m.More > 0 {
+		what += fmt.Sprintf(" and %d more", m.More)
+	}
+	msg := fmt.Sprintf("Agent %s could neither find nor substitute %s", m.Agent, what)
+	if m.Releases > 1 {
+		msg += fmt.Sprintf(" (%d attempts in a row released for the same inputs)", m.Releases)
+	}
+	if b.Status.RetryAfter != nil {
+		msg += "; offered again from " + b.Status.RetryAfter.UTC().Format(time.RFC3339)
+	}
+	return msg
 }
 
 // notBefore is the later of spec.deferUntil and the retry backoff.

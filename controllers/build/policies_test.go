@@ -1,6 +1,7 @@
 package build
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -89,6 +90,30 @@ func TestSetWait(t *testing.T) {
 				t.Errorf("Schedulable reason %q", c.Reason)
 			}
 		})
+	}
+}
+
+// A Build an agent released for missing inputs says so, with the paths and the repeats, until
+// the planner has a reason of its own.
+func TestSetWaitMissingInputs(t *testing.T) {
+	b := &farmv1.Build{}
+	b.Status.Phase = farmv1.BuildPending
+	retry := metav1.NewTime(now.Add(20 * time.Second))
+	b.Status.RetryAfter = &retry
+	b.Status.MissingInputs = &farmv1.MissingInputs{Agent: "a1", Paths: []string{"/gnu/store/x-in"}, More: 2, Releases: 3}
+	setWait(b, now, planner.Wait{})
+	c := meta.FindStatusCondition(b.Status.Conditions, farmv1.BuildConditionInputsPending)
+	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != farmv1.ReasonMissingInputs {
+		t.Fatalf("InputsPending %+v; want True, MissingInputs", c)
+	}
+	for _, want := range []string{"a1", "/gnu/store/x-in and 2 more", "3 attempts in a row", retry.UTC().Format(time.RFC3339)} {
+		if !strings.Contains(c.Message, want) {
+			t.Errorf("message %q lacks %q", c.Message, want)
+		}
+	}
+	setWait(b, now, planner.Wait{Reason: planner.InputsPending, Message: "1 of 2"})
+	if c := meta.FindStatusCondition(b.Status.Conditions, farmv1.BuildConditionInputsPending); c.Reason != string(planner.InputsPending) {
+		t.Errorf("reason %s; the planner's own wait comes first", c.Reason)
 	}
 }
 

@@ -4,6 +4,7 @@
 package lifecycle
 
 import (
+	"slices"
 	"errors"
 	"fmt"
 	"time"
@@ -48,7 +49,8 @@ func Claim(b *farmv1.Build, agent string, now time.Time) error {
 	st.Attempt = &farmv1.Attempt{Agent: agent, Started: metav1.NewTime(now)}
 	st.AttemptCount++
 	st.RetryAfter = nil
-	st.MissingInputs = nil
+	// MissingInputs stays while this attempt runs: if it is released for the same paths again,
+	// the repeat is counted (ReleaseMissing).
 	if st.StartTime == nil {
 		st.StartTime = &t
 	}
@@ -71,6 +73,7 @@ func Succeed(b *farmv1.Build, agent string, now time.Time, outputs []farmv1.Outp
 		return ErrNotHolder
 	}
 	endAttempt(b, now, farmv1.AttemptSucceeded, farmv1.ReasonSucceeded, "")
+	b.Status.MissingInputs = nil
 	if len(outputs) > 0 {
 		b.Status.Outputs = outputs
 	}
@@ -87,6 +90,7 @@ func Fail(b *farmv1.Build, agent string, now time.Time, reason, message string) 
 		return ErrNotHolder
 	}
 	endAttempt(b, now, farmv1.AttemptFailed, reason, message)
+	b.Status.MissingInputs = nil // the attempt found its inputs
 	requeueOrFinish(b, now, reason, message, true)
 	return nil
 }
@@ -99,6 +103,7 @@ func FailFinal(b *farmv1.Build, agent string, now time.Time, reason, message str
 		return ErrNotHolder
 	}
 	endAttempt(b, now, farmv1.AttemptFailed, reason, message)
+	b.Status.MissingInputs = nil
 	if b.Spec.Canceled {
 		Cancel(b, now)
 		return nil
@@ -136,6 +141,43 @@ func Release(b *farmv1.Build, agent string, now time.Time, reason, message strin
 	b.Status.AttemptCount--
 	requeueOrFinish(b, now, reason, message, false)
 	return nil
+}
+
+// Retry bounds for a Build released for missing inputs: the wait doubles with each release in a
+// row for the same paths, so a path that never appears costs a claim every 10 minutes at most.
+const (
+	missingRetryBase = 5 * time.Second
+	missingRetryMax  = 10 * time.Minute
+)
+
+// ReleaseMissing gives a claimed Build back for the missing inputs m, without spending an
+// attempt, and holds it back (retryAfter) for MissingInputsBackoff of the releases in a row for
+// the same paths, which m.Releases then counts.
+func ReleaseMissing(b *farmv1.Build, agent string, now time.Time, reason, message string, m *farmv1.MissingInputs) error {
+	prev := b.Status.MissingInputs
+	if err := Release(b, agent, now, reason, message); err != nil {
+		return err
+	}
+	m.Releases = 1
+	if prev != nil && sameMissing(prev, m) {
+		m.Releases = prev.Releases + 1
+	}
+	b.Status.MissingInputs = m
+	if b.Status.Phase.Finished() { // canceled meanwhile
+		return nil
+	}
+	t := metav1.NewTime(now.Add(MissingInputsBackoff(m.Releases)).Truncate(time.Second))
+	b.Status.RetryAfter = &t
+	return nil
+}
+
+// MissingInputsBackoff is the wait after the n-th release in a row for the same missing inputs.
+func MissingInputsBackoff(n int32) time.Duration {
+	return Backoff(missingRetryBase, missingRetryMax, n)
+}
+
+func sameMissing(a, b *farmv1.MissingInputs) bool {
+	return slices.Equal(a.Paths, b.Paths) && slices.Equal(a.Derivations, b.Derivations) && a.More == b.More
 }
 
 // Cancel ends a canceled Build: at once when it is not running, or with the attempt in flight
