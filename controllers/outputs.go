@@ -7,8 +7,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	"github.com/guixfarm/guix-farm/controllers/planning"
-	"github.com/guixfarm/guix-farm/internal/bucket"
+	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/gc"
 )
 
@@ -41,39 +40,9 @@ func (r BuildRoots) Roots(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// BucketOutputs tells the Build controller whether an output is in the bucket.
-type BucketOutputs struct{ Reader *bucket.Reader }
-
-// Available implements build.OutputChecker.
-func (b BucketOutputs) Available(ctx context.Context, storePath string) (bool, error) {
-	return b.Reader.Has(ctx, storePath)
-}
-
-// OutputsDeleted returns the GC callback that tells the farm outputs are gone, so nothing waits on
-// them: the bucket reader forgets its cached answers and the planner stops counting the
-// derivations of Builds that produced them as available.
-func OutputsDeleted(c client.Reader, loop *planning.Loop, r *bucket.Reader) func([]string) {
-	return func(paths []string) {
-		if r != nil {
-			r.Forget(paths...)
-		}
-		gone := make(map[string]struct{}, len(paths))
-		for _, p := range paths {
-			gone[p] = struct{}{}
-		}
-		var list farmv1.BuildList
-		if err := c.List(context.Background(), &list); err != nil {
-			return
-		}
-		for i := range list.Items {
-			b := &list.Items[i]
-			for _, o := range b.Status.Outputs {
-				if _, ok := gone[o.Path]; ok {
-					loop.Planner().SetAvailable(b.Spec.Derivation, false)
-					break
-				}
-			}
-		}
-		loop.Kick()
-	}
+// OutputsDeleted returns the GC callback that tells the availability owner which outputs are
+// gone, so nothing counts on them: it finds their derivations by its index of the outputs it has
+// seen, and answers them absent to the planner.
+func OutputsDeleted(owner *availability.Owner) func(paths []string) {
+	return func(paths []string) { owner.PathsDeleted(paths, nil) }
 }

@@ -9,12 +9,14 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	agentctrl "github.com/guixfarm/guix-farm/controllers/agent"
 	"github.com/guixfarm/guix-farm/controllers/agentpool"
 	"github.com/guixfarm/guix-farm/controllers/build"
 	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/index"
 	"github.com/guixfarm/guix-farm/internal/metrics"
 	"github.com/guixfarm/guix-farm/internal/planner"
@@ -23,9 +25,14 @@ import (
 // Options configure the farm's controllers.
 type Options struct {
 	Strategy planner.Strategy
-	// Facts reads .drv files; Outputs (optional) tells whether outputs are in the bucket.
-	Facts   build.FactsSource
-	Outputs build.OutputChecker
+	// Facts reads .drv files.
+	Facts build.FactsSource
+	// Bucket (optional) is the farm's bucket as the availability owner asks it (a
+	// bucket.Reader). Without it, only the farm's own successes make outputs available.
+	Bucket availability.Store
+	// AvailabilityEntries bounds the derivations the availability owner remembers (0: its
+	// default); the rest are asked of the bucket again when needed.
+	AvailabilityEntries int
 	// BuildTTL deletes finished Builds after this long (0 keeps them).
 	BuildTTL time.Duration
 	// PlanDebounce batches a burst of events into one planning pass.
@@ -41,9 +48,15 @@ type Options struct {
 	Log        logr.Logger
 }
 
-// Setup registers indexes, reconcilers and the planning loop with mgr. It returns the loop, whose
-// planner tests and the GC can reach.
-func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*planning.Loop, error) {
+// Farm is what Setup wired: the planning loop (whose planner tests reach) and the availability
+// owner (which the GC tells of deletions).
+type Farm struct {
+	Loop         *planning.Loop
+	Availability *availability.Owner
+}
+
+// Setup registers indexes, reconcilers, the planning loop and the availability owner with mgr.
+func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
 	}
@@ -69,14 +82,35 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*planning.Loop, er
 
 	// The Build reconciler reads a new Build's wait reason itself (CurrentWait), so the planner
 	// need not report first waits: at 10^5 new Builds that saves as many reconciles.
-	p := planner.New(planner.Options{Strategy: o.Strategy, ExpectedBuilds: o.ExpectedBuilds, SkipInitialWaits: true})
+	// The planner asks the owner (a cache read) what it knows of each new input; the owner's
+	// answers from the bucket reach the planner through OnAnswer. The owner is made last, once
+	// the loop its answers kick exists, and before anything can ask it.
+	var owner *availability.Owner
+	p := planner.New(planner.Options{Strategy: o.Strategy, ExpectedBuilds: o.ExpectedBuilds, SkipInitialWaits: true,
+		Lookup: func(drv string) (bool, bool) { return owner.Peek(drv) }})
 	br := &build.Reconciler{
-		Client: mgr.GetClient(), Facts: o.Facts, Outputs: o.Outputs, Clock: o.Clock,
+		Client: mgr.GetClient(), Facts: o.Facts, Clock: o.Clock,
 		Recorder: mgr.GetEventRecorder("guix-farm"), Metrics: o.Metrics, DefaultTTL: o.BuildTTL,
 		MaxConcurrentReconciles: max(o.BuildWorkers, 1),
 	}
 	loop := planning.New(p, o.Clock, o.Log.WithName("planner"), o.Metrics, o.PlanDebounce, br.Notify)
 	br.Loop = loop
+	var err error
+	owner, err = availability.New(availability.Options{
+		Store: o.Bucket, Outputs: outputPaths(o.Facts), MaxEntries: o.AvailabilityEntries, Clock: o.Clock,
+		Log: o.Log.WithName("availability"),
+		OnAnswer: func(drv string, available bool) {
+			p.SetAvailable(drv, available)
+			loop.Kick()
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setting up the availability owner: %w", err)
+	}
+	br.Availability = owner
+	resolver := &planning.Resolver{Client: mgr.GetClient(), Owner: owner, Planner: p, Kick: loop.Kick,
+		Log: o.Log.WithName("resolver")}
+	loop.Unresolved = resolver.Resolve
 	if err := br.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the build controller: %w", err)
 	}
@@ -92,7 +126,29 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*planning.Loop, er
 	if err := mgr.Add(loop); err != nil {
 		return nil, fmt.Errorf("adding the planning loop: %w", err)
 	}
-	return loop, nil
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		<-ctx.Done()
+		owner.Close()
+		return nil
+	})); err != nil {
+		return nil, fmt.Errorf("adding the availability owner: %w", err)
+	}
+	return &Farm{Loop: loop, Availability: owner}, nil
+}
+
+// outputPaths adapts the facts cache to the availability owner: a derivation's output paths.
+func outputPaths(f build.FactsSource) availability.Outputs {
+	return func(ctx context.Context, drv string) ([]string, error) {
+		facts, err := f.Get(ctx, drv)
+		if err != nil {
+			return nil, err
+		}
+		paths := make([]string, len(facts.Outputs))
+		for i, o := range facts.Outputs {
+			paths[i] = o.Path
+		}
+		return paths, nil
+	}
 }
 
 // RBAC of the controller (config/rbac/controller is generated from these).

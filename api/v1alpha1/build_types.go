@@ -36,6 +36,10 @@ const (
 	BuildConditionSchedulable = "Schedulable"
 	// BuildConditionDerivationReadable is False while the .drv cannot be read or parsed.
 	BuildConditionDerivationReadable = "DerivationReadable"
+	// BuildConditionOutputsChecked is False while the bucket cannot tell whether the outputs of a
+	// Build with spec.skipIfOutputsAvailable exist (its message names the error); the check is
+	// retried with backoff while the Build is planned as usual.
+	BuildConditionOutputsChecked = "OutputsChecked"
 )
 
 // Reasons recorded on attempts and conditions.

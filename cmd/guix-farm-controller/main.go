@@ -71,6 +71,8 @@ func run() error {
 	flag.StringVar(&drvDir, "drv-dir", "", "directory holding the .drv files (named by store base name)")
 	flag.StringVar(&storeDir, "store-dir", string(storepath.DefaultDir), "store directory of derivation paths")
 	flag.IntVar(&factsCacheSize, "drv-cache-size", 200000, "parsed derivations kept in memory")
+	flag.IntVar(&o.AvailabilityEntries, "availability-cache-size", 100000,
+		"derivations whose output availability is remembered (about 600 bytes each); the rest are asked of the bucket again when needed")
 	flag.DurationVar(&o.BuildTTL, "build-ttl", 24*time.Hour, "delete finished Builds this long after they finished (0 keeps them); spec.ttlSecondsAfterFinished overrides")
 	flag.DurationVar(&o.PlanDebounce, "plan-debounce", 20*time.Millisecond, "batch the events of a burst into one planning pass")
 	flag.IntVar(&o.ExpectedBuilds, "expected-builds", 10000, "usual number of pending Builds: sizes the planner's tables once")
@@ -99,7 +101,7 @@ func run() error {
 		if reader, err = bucket.NewReader(bcfg, bucket.ReaderOptions{}); err != nil {
 			return fmt.Errorf("--bucket-endpoint/--bucket: %w", err)
 		}
-		o.Outputs = controllers.BucketOutputs{Reader: reader}
+		o.Bucket = reader
 	}
 	switch {
 	case drvDir != "":
@@ -135,7 +137,7 @@ func run() error {
 	}
 	o.Metrics = metrics.New(crmetrics.Registry)
 	ctx := ctrl.SetupSignalHandler()
-	loop, err := controllers.Setup(ctx, mgr, o)
+	farm, err := controllers.Setup(ctx, mgr, o)
 	if err != nil {
 		return err
 	}
@@ -150,7 +152,7 @@ func run() error {
 		gcm := bucketgc.NewMetrics(crmetrics.Registry)
 		if err := mgr.Add(&bucketgc.Scheduler{Interval: gcInterval, Clock: clock.RealClock{}, Log: log.WithName("gc"), OnReport: gcm.Observe,
 			Options: bucketgc.Options{Client: gcClient, Bucket: bcfg.Bucket, Grace: gcGrace, Log: log.WithName("gc"),
-				Roots: controllers.BuildRoots{Client: mgr.GetClient()}, OnDeleted: controllers.OutputsDeleted(mgr.GetClient(), loop, reader)}}); err != nil {
+				Roots: controllers.BuildRoots{Client: mgr.GetClient()}, OnDeleted: controllers.OutputsDeleted(farm.Availability)}}); err != nil {
 			return err
 		}
 	}

@@ -64,7 +64,7 @@ func setWait(b *farmv1.Build, now time.Time, w planner.Wait) {
 		conditions.Remove(&b.Status.Conditions, farmv1.BuildConditionSchedulable)
 	}
 	switch m := b.Status.MissingInputs; {
-	case w.Reason == planner.InputsPending:
+	case w.Reason == planner.InputsPending || w.Reason == planner.InputFailed:
 		conditions.Set(&b.Status.Conditions, b.Generation, now, farmv1.BuildConditionInputsPending, metav1.ConditionTrue,
 			string(w.Reason), w.Message)
 	case m != nil && b.Status.Phase != farmv1.BuildRunning:

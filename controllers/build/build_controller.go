@@ -36,20 +36,24 @@ type FactsSource interface {
 	Get(ctx context.Context, drvPath string) (derivation.Facts, error)
 }
 
-// OutputChecker tells whether a store path is available as a substitute (the farm's bucket).
-type OutputChecker interface {
-	Available(ctx context.Context, storePath string) (bool, error)
+// Availability is the farm's one owner of output availability (internal/availability), as the
+// Build reconciler uses it: it tells the owner of successes, and asks it (never its own memory,
+// never the bucket directly) whether a derivation's outputs are available.
+type Availability interface {
+	Succeeded(drv string, outputs []string, at time.Time) bool
+	Peek(drv string) (available, known bool)
+	Check(ctx context.Context, drv string) (bool, error)
 }
 
 // Reconciler reconciles Builds.
 type Reconciler struct {
-	Client   client.Client
-	Facts    FactsSource
-	Outputs  OutputChecker // optional
-	Loop     *planning.Loop
-	Clock    clock.Clock
-	Recorder events.EventRecorder
-	Metrics  *metrics.Metrics
+	Client       client.Client
+	Facts        FactsSource
+	Availability Availability
+	Loop         *planning.Loop
+	Clock        clock.Clock
+	Recorder     events.EventRecorder
+	Metrics      *metrics.Metrics
 	// DefaultTTL deletes finished Builds this long after they finished; 0 keeps them.
 	DefaultTTL time.Duration
 	// MaxConcurrentReconciles bounds parallel reconciles.
@@ -107,7 +111,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if b.Status.Phase.Finished() {
 		r.Loop.Forget(key)
 		if b.Status.Phase == farmv1.BuildSucceeded {
-			r.Loop.Planner().SetAvailable(b.Spec.Derivation, true)
+			// Its agent published every output (nar, then narinfo) before reporting; the owner
+			// tells the planner. An old success (seen again after a restart) tells nothing: the
+			// planner lists the derivation as unresolved, and the bucket answers.
+			planning.SucceededBuild(r.Availability, b)
 		}
 		return r.reconcileTTL(ctx, b, r.Clock.Now())
 	}
@@ -190,24 +197,31 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 		r.Loop.Forget(s.key)
 		return ctrl.Result{}, nil
 	}
-	if done, err := r.reconcileSkip(ctx, s); done || err != nil {
-		if done {
-			r.Loop.Forget(s.key)
-		}
-		return ctrl.Result{}, err
+	done, retrySkip := r.reconcileSkip(ctx, s)
+	if done {
+		r.Loop.Forget(s.key)
+		return ctrl.Result{}, nil
 	}
-	retryInputs := r.reconcileInputBuilds(ctx, s)
+	retry := soonest(retrySkip, r.reconcileInputBuilds(ctx, s))
 	r.reconcileAllocation(s)
 	if s.b.Status.Allocation != nil || len(s.b.Status.Conditions) > 0 || s.b.Status.Phase != "" {
 		recordFacts(s, s.b.Status.Allocation != nil)
-		return ctrl.Result{RequeueAfter: retryInputs}, nil
+		return ctrl.Result{RequeueAfter: retry}, nil
 	}
 	// Nothing to say yet: give the planner a moment, so one write carries facts and allocation.
 	if age := s.now.Sub(s.b.CreationTimestamp.Time); age < FactsDelay {
 		return ctrl.Result{RequeueAfter: FactsDelay - age}, nil
 	}
 	recordFacts(s, false)
-	return ctrl.Result{RequeueAfter: retryInputs}, nil
+	return ctrl.Result{RequeueAfter: retry}, nil
+}
+
+// soonest is the earlier of two requeue delays, 0 meaning none.
+func soonest(a, b time.Duration) time.Duration {
+	if a == 0 || (b != 0 && b < a) {
+		return b
+	}
+	return a
 }
 
 // patchStatus writes the status once, if it changed, with the resourceVersion of what was read.

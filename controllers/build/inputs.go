@@ -31,10 +31,9 @@ func (r *Reconciler) reconcileInputBuilds(ctx context.Context, s *scope) time.Du
 	if !b.Spec.EnsureInputBuilds || b.Status.AttemptCount > 0 || b.Status.Phase == farmv1.BuildRunning {
 		return 0
 	}
-	p := r.Loop.Planner()
 	for _, in := range s.facts.InputDrvs {
-		if p.Available(in) {
-			continue
+		if avail, known := r.Availability.Peek(in); known && avail {
+			continue // an unknown one costs a List here, and a skip check in the Build it gets
 		}
 		var list farmv1.BuildList
 		if err := r.Client.List(ctx, &list, client.InNamespace(b.Namespace), client.MatchingFields{index.BuildDerivation: in}); err != nil {

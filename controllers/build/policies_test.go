@@ -70,6 +70,7 @@ func TestSetWait(t *testing.T) {
 	}{
 		"no agent":       {wait: planner.Wait{Reason: planner.NoAgentForSystem, Message: "no pool offers riscv64-linux"}, want: conds{farmv1.BuildConditionSchedulable: metav1.ConditionFalse}},
 		"inputs pending": {wait: planner.Wait{Reason: planner.InputsPending, Message: "1 of 2"}, want: conds{farmv1.BuildConditionInputsPending: metav1.ConditionTrue}},
+		"input failed":   {wait: planner.Wait{Reason: planner.InputFailed, Message: "input x cannot be built yet"}, want: conds{farmv1.BuildConditionInputsPending: metav1.ConditionTrue}},
 		"not waiting":    {wait: planner.Wait{}, want: conds{}},
 	}
 	for name, tc := range cases {

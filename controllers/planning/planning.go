@@ -34,6 +34,10 @@ type Loop struct {
 
 	kick chan struct{}
 
+	// Unresolved, when set, is handed the derivations the planner lists as unresolved after each
+	// pass (Resolver.Resolve); it must not block on I/O.
+	Unresolved func(ctx context.Context, drvs []string)
+
 	mu      sync.Mutex
 	intents map[planner.BuildKey]Intent
 }
@@ -77,6 +81,11 @@ func (l *Loop) Start(ctx context.Context) error {
 			}
 		}
 		next := l.planOnce()
+		if l.Unresolved != nil {
+			if drvs := l.planner.TakeUnresolved(); len(drvs) > 0 {
+				l.Unresolved(ctx, drvs)
+			}
+		}
 		wake = nil
 		if !next.IsZero() {
 			wake = l.clock.After(max(next.Sub(l.clock.Now()), 10*time.Millisecond))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -139,7 +140,9 @@ func (r *Reader) NarInfo(ctx context.Context, storePath string) (*narinfo.NarInf
 		return nil, err
 	}
 	data, _, err := getSmall(ctx, r.c, r.cfg, r.cfg.Log, key)
-	if isNotFound(err) {
+	// A missing bucket is a misconfiguration, not a missing path: saying
+	// "not found" would have the farm rebuild what it cannot publish.
+	if isNotFound(err) && !isNoSuchBucket(err) {
 		r.remember(key, false, r.opts.Now())
 		return nil, fmt.Errorf("%s (s3 object %s/%s): %w", storePath, r.cfg.Bucket, key, ErrNotFound)
 	}
@@ -160,6 +163,38 @@ func (r *Reader) NarInfo(ctx context.Context, storePath string) (*narinfo.NarInf
 		}
 	}
 	return ni, nil
+}
+
+// Present reports whether a client could substitute storePath from the
+// bucket now: its narinfo is there and so is the nar the narinfo's URL
+// names. It is not cached (the availability owner decides how long an
+// answer stands): a GET of the narinfo (through NarInfo, so a narinfo no
+// trusted key signed is an error, not an absence) then a HEAD of the nar.
+// A narinfo whose nar is missing counts as absent: a client would fail to
+// substitute it. A URL on another server is not ours to check and counts as
+// present, as it does for the publisher. Errors other than not-found (the
+// bucket unreachable, access denied, a narinfo that does not parse) are
+// returned.
+func (r *Reader) Present(ctx context.Context, storePath string) (bool, error) {
+	ni, err := r.NarInfo(ctx, storePath)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("is %s in the bucket: %w", storePath, err)
+	}
+	if strings.Contains(ni.URL, "://") {
+		return true, nil
+	}
+	key := strings.TrimPrefix(ni.URL, "./")
+	ok, err := exists(ctx, r.c, r.cfg, r.cfg.Log, key)
+	if err != nil {
+		return false, fmt.Errorf("is the nar of %s in the bucket: %w", storePath, err)
+	}
+	if !ok {
+		r.cfg.Log.V(1).Info("narinfo without its nar: counted absent", "storePath", storePath, "bucket", r.cfg.Bucket, "nar", key)
+	}
+	return ok, nil
 }
 
 // ReadFile returns the content of a store item that is a single regular
@@ -214,6 +249,11 @@ func (r *Reader) readNarFile(ctx context.Context, ni *narinfo.NarInfo) ([]byte, 
 			r.cfg.Bucket, ni.URL, h.Sum(), h.Size(), ni.NarHash, ni.NarSize))
 	}
 	return data, nil
+}
+
+func isNoSuchBucket(err error) bool {
+	var er minio.ErrorResponse
+	return errors.As(err, &er) && er.Code == "NoSuchBucket"
 }
 
 func wrapObj(err error, cfg Config, key string) error {

@@ -3,7 +3,6 @@ package drvsource
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -237,23 +236,6 @@ func TestCachedLRU(t *testing.T) {
 	}
 	if _, err := c.Read(ctx, absent); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("absent through cache: %v", err)
-	}
-}
-
-func TestLRUBound(t *testing.T) {
-	l := newLRU[int](3)
-	for i := range 10 {
-		l.add(fmt.Sprint(i), i)
-	}
-	l.get("7") // 7 becomes most recent
-	l.add("10", 10)
-	if l.len() != 3 {
-		t.Fatalf("len = %d", l.len())
-	}
-	for k, want := range map[string]bool{"7": true, "9": true, "10": true, "8": false} {
-		if _, ok := l.get(k); ok != want {
-			t.Errorf("get(%s) present = %v, want %v", k, ok, want)
-		}
 	}
 }
 

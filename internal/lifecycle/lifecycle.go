@@ -4,9 +4,9 @@
 package lifecycle
 
 import (
-	"slices"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

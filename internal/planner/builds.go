@@ -24,10 +24,11 @@ const (
 	rNoAgent
 	rInputs
 	rDeferred
+	rInputFailed
 	numReasons
 )
 
-var reasonNames = [numReasons]WaitReason{NotWaiting, NoAgentForSystem, InputsPending, Deferred}
+var reasonNames = [numReasons]WaitReason{NotWaiting, NoAgentForSystem, InputsPending, Deferred, InputFailed}
 
 // build is one Build in the model. Key fields (eff, cp, created, uid, key) are cached here
 // so heap comparisons touch only this struct.
@@ -118,17 +119,17 @@ func (p *Planner) addBuild(in Build, prio int32) {
 	p.byKey[in.Key] = bi
 	c.members = append(c.members, bi)
 
-	n := &p.nodes[ni]
-	old := p.contribOf(ni)
-	if n.first >= 0 {
-		p.builds[n.first].prevSame = bi
-		p.builds[bi].nextSame = n.first
-	}
-	n.first = bi
-	n.nbuilds++
-	n.own = max(n.own, prio)
-	p.deferChange(ni, old)
-	if !n.inputsKnown {
+	p.changeNode(ni, func(n *node) {
+		if n.first >= 0 {
+			p.builds[n.first].prevSame = bi
+			p.builds[bi].nextSame = n.first
+		}
+		n.first = bi
+		n.nbuilds++
+		n.own = max(n.own, prio)
+		n.failed, n.failMsg = false, "" // a new Build: its dependents wait for it instead
+	})
+	if n := &p.nodes[ni]; !n.inputsKnown {
 		p.setInputs(ni, in.Inputs)
 	}
 	b := &p.builds[bi]
@@ -228,21 +229,25 @@ func (p *Planner) removeBuild(bi int32) {
 	delete(p.byKey, b.key)
 
 	ni := b.node
-	n := &p.nodes[ni]
-	old := p.contribOf(ni)
-	if b.prevSame >= 0 {
-		p.builds[b.prevSame].nextSame = b.nextSame
-	} else {
-		n.first = b.nextSame
-	}
-	if b.nextSame >= 0 {
-		p.builds[b.nextSame].prevSame = b.prevSame
-	}
-	n.nbuilds--
+	prev, next := b.prevSame, b.nextSame
 	*b = build{heapPos: -1, defPos: -1}
 	p.freeBuilds = append(p.freeBuilds, bi)
-	n.own = p.ownOf(ni)
-	p.deferChange(ni, old)
+	p.changeNode(ni, func(n *node) {
+		if prev >= 0 {
+			p.builds[prev].nextSame = next
+		} else {
+			n.first = next
+		}
+		if next >= 0 {
+			p.builds[next].prevSame = prev
+		}
+		n.nbuilds--
+		n.own = p.ownOf(ni)
+		if n.nbuilds == 0 && !n.available {
+			// How its last Build ended (succeeded, failed, deleted) is the caller's to say.
+			n.checked = false
+		}
+	})
 	p.maybeRelease(ni)
 }
 
@@ -340,6 +345,11 @@ func (p *Planner) reasonOf(bi int32, withMsg bool) (reason, string) {
 			return rDeferred, ""
 		}
 		return rDeferred, "deferred until " + time.Unix(0, b.notBefore).UTC().Format(time.RFC3339)
+	case b.loc == locInputs && p.nodes[b.node].nfailed > 0:
+		if !withMsg {
+			return rInputFailed, ""
+		}
+		return rInputFailed, p.failedInputMsg(b.node)
 	case b.loc == locInputs:
 		if !withMsg {
 			return rInputs, ""

@@ -14,13 +14,18 @@ type node struct {
 	own     int32 // max priority of this node's builds (noPrio none)
 	inh     int32 // max value inherited from demanding dependents (noPrio none)
 	cp      int32 // longest chain of demanding dependents above this node
-	missing int32 // inputs not available
+	missing int32 // inputs that hold it back (node.blocks)
+	nfailed int32 // inputs whose last Build failed (node.failedInput)
+	failMsg string
 
 	// pendOld is the contribution this node's inputs still reflect while a change of it is
 	// deferred (pending); see deferChange.
 	pendOld contrib
 
-	available, inputsKnown, live, pending bool
+	// available: the outputs are known to be available; checked: someone answered for them
+	// (available or not); failed: the last Build failed; queued: in Planner.unresolved.
+	available, checked, failed, queued bool
+	inputsKnown, live, pending         bool
 }
 
 // contrib is what a node passes to each of its inputs: its value and its chain length.
@@ -53,6 +58,7 @@ func (p *Planner) internDrv(drv string) int32 {
 	}
 	p.nodes[ni] = node{drv: drv, first: -1, own: noPrio, inh: noPrio, live: true}
 	p.byDrv[drv] = ni
+	p.lookup(&p.nodes[ni])
 	return ni
 }
 
@@ -70,16 +76,20 @@ func (p *Planner) setInputs(ni int32, inputs []string) {
 		ids = slices.Delete(ids, k, k+1)
 	}
 	ids = slices.Clip(ids)
-	missing := int32(0)
+	missing, failed := int32(0), int32(0)
 	for _, ii := range ids {
 		in := &p.nodes[ii]
 		in.deps = append(in.deps, ni)
-		if !in.available {
+		if in.blocks() {
 			missing++
 		}
+		if in.failedInput() {
+			failed++
+		}
+		p.noteUnresolved(ii)
 	}
 	n := &p.nodes[ni]
-	n.inputs, n.inputsKnown, n.missing = ids, true, missing
+	n.inputs, n.inputsKnown, n.missing, n.nfailed = ids, true, missing, failed
 	// The edges are new, their inputs reflect nothing of this node yet: the deferred change
 	// raises every input to the node's value.
 	p.deferChange(ni, contrib{})
@@ -300,7 +310,7 @@ func (p *Planner) refreshKeys(ni int32) {
 }
 
 // maybeRelease drops the edges of nodes nothing needs any more (no builds, no dependents),
-// cascading to their inputs, and forgets such nodes unless their outputs are available.
+// cascading to their inputs, and forgets such nodes.
 // A released node contributes nothing (it has no dependents and no builds), so dropping its
 // edges changes no value.
 func (p *Planner) maybeRelease(ni int32) {
@@ -324,58 +334,10 @@ func (p *Planner) maybeRelease(ni int32) {
 			}
 			work = append(work, ii)
 		}
-		n.inputs, n.inputsKnown, n.missing = nil, false, 0
-		n.inh, n.cp = noPrio, 0
-		if !n.available {
-			delete(p.byDrv, n.drv)
-			*n = node{}
-			p.freeNodes = append(p.freeNodes, x)
-		}
+		// Forgotten whatever its availability: the availability owner remembers that, and
+		// Options.Lookup answers if the derivation is needed again.
+		delete(p.byDrv, n.drv)
+		*n = node{}
+		p.freeNodes = append(p.freeNodes, x)
 	}
-}
-
-// SetAvailable records whether a derivation's outputs are available (a succeeded build, or a
-// narinfo in the bucket); false means they were deleted (GC). Cost O(dependents) plus the
-// derived-priority change it causes.
-func (p *Planner) SetAvailable(drv string, ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	ni, exists := p.byDrv[drv]
-	if !exists {
-		if !ok {
-			return
-		}
-		ni = p.internDrv(drv)
-	}
-	n := &p.nodes[ni]
-	if n.available == ok {
-		return
-	}
-	old := p.contribOf(ni)
-	n.available = ok
-	p.deferChange(ni, old)
-	for _, d := range n.deps {
-		dn := &p.nodes[d]
-		if ok {
-			dn.missing--
-		} else {
-			dn.missing++
-		}
-		if (ok && dn.missing == 0) || (!ok && dn.missing == 1) {
-			for bi := dn.first; bi >= 0; bi = p.builds[bi].nextSame {
-				p.relocate(bi)
-			}
-		}
-	}
-	if !ok {
-		p.maybeRelease(ni)
-	}
-}
-
-// Available reports whether a derivation's outputs are known to be available.
-func (p *Planner) Available(drv string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	ni, ok := p.byDrv[drv]
-	return ok && p.nodes[ni].available
 }

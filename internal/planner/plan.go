@@ -408,7 +408,7 @@ type Stats struct {
 	Agents, Pools   int
 	Slots           int
 	HorizonCapacity int // sum of HorizonFactor*Slots - Running
-	Derivations     int // interned derivations (builds, inputs, available markers)
+	Derivations     int // modelled derivations (of builds, and their inputs)
 }
 
 // Stats summarises the model: O(classes + agents).

@@ -76,6 +76,11 @@ type Options struct {
 	// CurrentWait right after UpsertBuild (the controller's Build reconciler does): loading
 	// a queue of 100k Builds then costs no 100k redundant notifications.
 	SkipInitialWaits bool
+	// Lookup tells what is known of a derivation's outputs when the planner first models it
+	// (an input of a new Build): available or absent, or not known (then TakeUnresolved lists
+	// it). Non-blocking (a cache read); called with the planner's lock held, so it must not call
+	// the planner. Nil: every new input is unresolved.
+	Lookup func(drv string) (available, known bool)
 }
 
 // Allocation is one change of a build's allocated agent.
@@ -93,7 +98,10 @@ const (
 	NotWaiting       WaitReason = ""
 	NoAgentForSystem WaitReason = "NoAgentForSystem"
 	InputsPending    WaitReason = "InputsPending"
-	Deferred         WaitReason = "Deferred"
+	// InputFailed: derivation-ordered, an input's last Build failed; a new Build of it (a
+	// manual retry) lets the build proceed. The build never fails for it.
+	InputFailed WaitReason = "InputFailed"
+	Deferred    WaitReason = "Deferred"
 )
 
 // Wait is one change of a build's wait reason.
@@ -144,19 +152,21 @@ type Planner struct {
 	epoch       uint32
 
 	// derivation graph
-	nodes     []node
-	freeNodes []int32
-	byDrv     map[string]int32
-	stack     []int32  // scratch for propagate
-	pend      []int32  // nodes with a deferred contribution change (node.pending)
-	batchMin  int      // fewest pending changes flushed in one batch pass
-	bulk      bool     // in flushBatch: heap fixes are deferred to one rebuild per class
-	mark      uint32   // flushBatch's cone marker
-	marks     []uint32 // scratch for flushBatch, by node
-	cnt       []int32  // scratch for flushBatch, by node
-	cone      []int32  // scratch for flushBatch
-	queue     []int32  // scratch for flushBatch
-	saved     []saved  // scratch for flushBatch
+	nodes      []node
+	freeNodes  []int32
+	byDrv      map[string]int32
+	lookupFn   func(drv string) (available, known bool)
+	unresolved []int32  // nodes that may be unresolved (node.queued)
+	stack      []int32  // scratch for propagate
+	pend       []int32  // nodes with a deferred contribution change (node.pending)
+	batchMin   int      // fewest pending changes flushed in one batch pass
+	bulk       bool     // in flushBatch: heap fixes are deferred to one rebuild per class
+	mark       uint32   // flushBatch's cone marker
+	marks      []uint32 // scratch for flushBatch, by node
+	cnt        []int32  // scratch for flushBatch, by node
+	cone       []int32  // scratch for flushBatch
+	queue      []int32  // scratch for flushBatch
+	saved      []saved  // scratch for flushBatch
 
 	// classes and capabilities
 	classes   []*class
@@ -183,6 +193,7 @@ func New(o Options) *Planner {
 		strategy:    o.Strategy,
 		factor:      o.HorizonFactor,
 		skipInitial: o.SkipInitialWaits,
+		lookupFn:    o.Lookup,
 		msgs:        map[[2]int32]string{},
 		now:         math.MinInt64,
 		builds:      make([]build, 0, n),

@@ -162,14 +162,18 @@ func SyntheticDistro(cfg DistroConfig) Distro {
 
 var benchNow = time.Unix(1700100000, 0)
 
-// Load feeds a distribution into a planner, as the controller's informers would.
+// Load feeds a distribution into a planner, as the controller's informers would, with the
+// available derivations known to its Lookup, as the availability owner knows them once warm
+// (every other derivation of the distribution has a Build).
 func (d Distro) Load(p *Planner) {
 	for _, a := range d.Agents {
 		p.UpsertAgent(a)
 	}
+	avail := make(map[string]bool, len(d.Available))
 	for _, drv := range d.Available {
-		p.SetAvailable(drv, true)
+		avail[drv] = true
 	}
+	p.lookupFn = func(drv string) (bool, bool) { return avail[drv], true }
 	for _, b := range d.Builds {
 		p.UpsertBuild(b)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -267,20 +268,31 @@ func TestNoAgentForSystem(t *testing.T) {
 	}
 }
 
-// TestDerivationOrdered walks a chain lib <- app <- test through builds and a GC.
+// known is an Options.Lookup answering from a map (what the availability owner knows).
+func known(m map[string]bool) func(string) (bool, bool) {
+	return func(d string) (bool, bool) {
+		avail, ok := m[d]
+		return avail, ok
+	}
+}
+
+// TestDerivationOrdered walks a chain lib <- app <- test through builds, a failed input, a GC
+// and an input nobody has answered for.
 func TestDerivationOrdered(t *testing.T) {
-	p := New(Options{Strategy: DerivationOrdered})
+	p := New(Options{Strategy: DerivationOrdered, Lookup: known(map[string]bool{drv("glibc"): true})})
 	p.UpsertAgent(agent("a", 4))
-	p.SetAvailable(drv("glibc"), true)
 	p.UpsertBuild(bld("lib", 0, 0, "glibc"))
 	p.UpsertBuild(bld("app", 0, 1, "lib", "glibc"))
 	p.UpsertBuild(bld("test", 0, 2, "app", "lib"))
+	libAgain := bld("lib-again", 0, 3, "glibc")
+	libAgain.Derivation = drv("lib")
 
 	steps := []struct {
-		name    string
-		event   func()
-		horizon []BuildKey
-		waits   []Wait
+		name       string
+		event      func()
+		horizon    []BuildKey
+		waits      []Wait
+		unresolved []string
 	}{
 		{
 			name:    "only the build whose inputs are available is offered",
@@ -292,26 +304,49 @@ func TestDerivationOrdered(t *testing.T) {
 			},
 		},
 		{
+			name: "lib's Build failed: its dependents wait for a new one, named",
+			event: func() {
+				p.RemoveBuild("lib")
+				p.SetFailed(drv("lib"), "Build lib failed: BuildFailed")
+			},
+			waits: []Wait{
+				{Key: "app", Reason: InputFailed, Message: "input " + drv("lib") + " cannot be built yet: Build lib failed: BuildFailed; a new Build of it lets this one proceed"},
+				{Key: "test", Reason: InputFailed, Message: "input " + drv("lib") + " cannot be built yet: Build lib failed: BuildFailed; a new Build of it lets this one proceed"},
+			},
+		},
+		{
+			name:    "a new Build of lib: they wait for it",
+			event:   func() { p.UpsertBuild(libAgain) },
+			horizon: keys("lib-again"),
+			waits: []Wait{
+				{Key: "app", Reason: InputsPending, Message: "1 of 2 input derivations not yet built"},
+				{Key: "test", Reason: InputsPending, Message: "2 of 2 input derivations not yet built"},
+			},
+		},
+		{
 			name:    "lib built",
-			event:   func() { p.RemoveBuild("lib"); p.SetAvailable(drv("lib"), true) },
+			event:   func() { p.RemoveBuild("lib-again"); p.SetAvailable(drv("lib"), true) },
 			horizon: keys("app"),
 			waits:   []Wait{{Key: "app"}},
 		},
 		{
-			name:    "glibc's outputs deleted by GC: app waits again",
-			event:   func() { p.SetAvailable(drv("glibc"), false) },
+			name:    "lib's outputs lost, nobody answered yet: app waits, lib is listed unresolved",
+			event:   func() { p.RemoveBuild("app"); p.UpsertBuild(bld("app", 0, 1, "lib", "glibc")); p.forget(drv("lib")) },
 			horizon: nil,
-			waits:   []Wait{{Key: "app", Reason: InputsPending, Message: "1 of 2 input derivations not yet built"}},
+			waits: []Wait{
+				{Key: "app", Reason: InputsPending, Message: "1 of 2 input derivations not yet built"},
+			},
+			unresolved: []string{drv("lib")},
 		},
 		{
-			name:    "re-checked: available again",
-			event:   func() { p.SetAvailable(drv("glibc"), true) },
+			name:    "absent, and no Build of it: app is offered (its agent will report lib missing)",
+			event:   func() { p.SetAvailable(drv("lib"), false) },
 			horizon: keys("app"),
 			waits:   []Wait{{Key: "app"}},
 		},
 		{
 			name:    "app built, test runs",
-			event:   func() { p.RemoveBuild("app"); p.SetAvailable(drv("app"), true) },
+			event:   func() { p.RemoveBuild("app"); p.SetAvailable(drv("app"), true); p.SetAvailable(drv("lib"), true) },
 			horizon: keys("test"),
 			waits:   []Wait{{Key: "test"}},
 		},
@@ -325,180 +360,46 @@ func TestDerivationOrdered(t *testing.T) {
 		if diff := cmp.Diff(s.waits, got.Waits, cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("%s: waits (-want +got):\n%s", s.name, diff)
 		}
+		if diff := cmp.Diff(s.unresolved, p.TakeUnresolved(), cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: unresolved (-want +got):\n%s", s.name, diff)
+		}
 		checkInvariants(t, p)
 	}
+}
 
-	// The basic strategy offers everything at once.
-	b := New(Options{Strategy: Basic})
-	b.UpsertAgent(agent("a", 4))
-	b.UpsertBuild(bld("lib", 0, 0, "glibc"))
-	b.UpsertBuild(bld("app", 0, 1, "lib", "glibc"))
-	if diff := cmp.Diff(keys("lib", "app"), b.Plan(t0).Horizons["a"]); diff != "" {
-		t.Errorf("basic: horizon (-want +got):\n%s", diff)
+// forget makes the model forget what it knew of a derivation's outputs, as a new model would
+// after a restart.
+func (p *Planner) forget(drv string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ni, ok := p.byDrv[drv]; ok {
+		p.changeNode(ni, func(n *node) { n.available, n.checked = false, false })
 	}
 }
 
-func TestDerivedPriority(t *testing.T) {
-	// leaf <- mid (no Build) <- top(prio 10); other (prio 5) unrelated.
-	build := func(p *Planner) {
-		p.UpsertAgent(agent("a", 1))
-		p.UpsertBuild(bld("leaf", 0, 0))
-		p.UpsertBuild(bld("other", 5, 1))
-		p.UpsertBuild(bld("mid", 0, 2, "leaf"))
-		p.UpsertBuild(bld("top", 10, 3, "mid"))
-		p.RemoveBuild("mid") // mid keeps its edges: top still needs it
-	}
-	cases := map[string]struct {
-		event   func(p *Planner)
-		ranks   map[BuildKey]Rank
-		horizon []BuildKey
-	}{
-		"inherited through a derivation without a build": {
-			event:   func(*Planner) {},
-			ranks:   map[BuildKey]Rank{"leaf": {10, 2}, "other": {5, 0}, "top": {10, 0}},
-			horizon: keys("leaf", "top"), // equal priority: the longer chain first
-		},
-		"raising the dependent raises the input": {
-			event:   func(p *Planner) { p.UpsertBuild(bld("top", 20, 3, "mid")) },
-			ranks:   map[BuildKey]Rank{"leaf": {20, 2}, "other": {5, 0}, "top": {20, 0}},
-			horizon: keys("leaf", "top"), // equal priority: the longer chain first
-		},
-		"a running dependent still counts": {
-			event: func(p *Planner) {
-				b := bld("top", 10, 3, "mid")
-				b.Running, b.Agent = true, "a"
-				p.UpsertBuild(b)
-			},
-			ranks:   map[BuildKey]Rank{"leaf": {10, 2}, "other": {5, 0}, "top": {10, 0}},
-			horizon: keys("leaf", "other"),
-		},
-		"removing the dependent lowers it": {
-			event:   func(p *Planner) { p.RemoveBuild("top") },
-			ranks:   map[BuildKey]Rank{"leaf": {0, 0}, "other": {5, 0}},
-			horizon: keys("other", "leaf"),
-		},
-		"an available middle needs nothing": {
-			event:   func(p *Planner) { p.SetAvailable(drv("mid"), true) },
-			ranks:   map[BuildKey]Rank{"leaf": {0, 0}, "other": {5, 0}, "top": {10, 0}},
-			horizon: keys("top", "other"),
-		},
-		"duplicate builds of one derivation": {
-			event: func(p *Planner) {
-				retry := bld("top", 30, 9, "mid")
-				retry.Key, retry.UID = "top-retry", "uid-retry"
-				p.UpsertBuild(retry)
-			},
-			ranks:   map[BuildKey]Rank{"leaf": {30, 2}, "other": {5, 0}, "top": {10, 0}, "top-retry": {30, 0}},
-			horizon: keys("leaf", "top-retry"),
-		},
-		"removing one duplicate keeps the other's demand": {
-			event: func(p *Planner) {
-				retry := bld("top", 30, 9, "mid")
-				retry.Key, retry.UID = "top-retry", "uid-retry"
-				p.UpsertBuild(retry)
-				p.RemoveBuild("top")
-			},
-			ranks:   map[BuildKey]Rank{"leaf": {30, 2}, "other": {5, 0}, "top-retry": {30, 0}},
-			horizon: keys("leaf", "top-retry"),
-		},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			p := New(Options{})
-			build(p)
-			tc.event(p)
-			got := map[BuildKey]Rank{}
-			for _, k := range []BuildKey{"leaf", "other", "top", "top-retry"} {
-				if r, ok := p.Rank(k); ok {
-					got[k] = r
-				}
-			}
-			if diff := cmp.Diff(tc.ranks, got); diff != "" {
-				t.Errorf("ranks (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tc.horizon, p.Plan(t0).Horizons["a"]); diff != "" {
-				t.Errorf("horizon (-want +got):\n%s", diff)
-			}
-			checkInvariants(t, p)
-		})
-	}
-}
-
-func TestCriticalPathTieBreak(t *testing.T) {
-	p := New(Options{})
-	p.UpsertAgent(agent("a", 1))
-	p.UpsertBuild(bld("early", 0, 0))
-	p.UpsertBuild(bld("deep", 0, 5))
-	p.UpsertBuild(bld("shallow", 0, 6))
-	p.UpsertBuild(bld("d1", 0, 7, "deep"))
-	p.UpsertBuild(bld("d2", 0, 8, "d1"))
-	p.UpsertBuild(bld("s1", 0, 9, "shallow"))
-	got := p.Plan(t0).Horizons["a"]
-	if diff := cmp.Diff(keys("deep", "shallow"), got); diff != "" {
-		t.Errorf("horizon (-want +got):\n%s", diff)
-	}
-}
-
-func TestNotBefore(t *testing.T) {
-	p := New(Options{})
-	p.UpsertAgent(agent("a", 1))
-	later := bld("later", 9, 0)
-	later.NotBefore = t0.Add(time.Hour)
-	p.UpsertBuild(later)
-	p.UpsertBuild(bld("now", 0, 1))
-
-	got := p.Plan(t0)
-	want := Plan{
-		Allocations: []Allocation{{Key: "now", Agent: "a"}},
-		Waits:       []Wait{{Key: "later", Reason: Deferred, Message: "deferred until 2026-01-01T01:00:00Z"}},
-		Horizons:    map[string][]BuildKey{"a": keys("now")},
-		NextWake:    t0.Add(time.Hour),
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("before (-want +got):\n%s", diff)
-	}
-	got = p.Plan(t0.Add(time.Hour))
-	want = Plan{
-		Allocations: []Allocation{{Key: "later", Agent: "a", Priority: 9}},
-		Waits:       []Wait{{Key: "later"}},
-		Horizons:    map[string][]BuildKey{"a": keys("later", "now")},
-	}
-	if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
-		t.Errorf("due (-want +got):\n%s", diff)
-	}
-	// A retry backoff moves an offered build out again.
-	retry := bld("now", 0, 1)
-	retry.NotBefore = t0.Add(2 * time.Hour)
-	p.UpsertBuild(retry)
-	got = p.Plan(t0.Add(time.Hour))
-	if diff := cmp.Diff(keys("later"), got.Horizons["a"]); diff != "" {
-		t.Errorf("backoff horizon (-want +got):\n%s", diff)
-	}
-	if !got.NextWake.Equal(t0.Add(2 * time.Hour)) {
-		t.Errorf("NextWake = %v, want %v", got.NextWake, t0.Add(2*time.Hour))
-	}
-	checkInvariants(t, p)
-}
-
-// TestNodeRelease: derivations nothing needs are forgotten, available ones kept as markers.
+// TestNodeRelease: derivations nothing needs are forgotten, available ones too (the
+// availability owner remembers them; Lookup answers when they are needed again).
 func TestNodeRelease(t *testing.T) {
-	p := New(Options{Strategy: DerivationOrdered})
+	avail := map[string]bool{drv("glibc"): true}
+	p := New(Options{Strategy: DerivationOrdered, Lookup: known(avail)})
 	p.UpsertAgent(agent("a", 1))
 	p.UpsertBuild(bld("app", 0, 0, "lib", "glibc"))
-	p.SetAvailable(drv("glibc"), true)
 	if got := p.Stats().Derivations; got != 3 {
 		t.Fatalf("Derivations = %d, want 3", got)
 	}
-	p.RemoveBuild("app")
-	if got := p.Stats().Derivations; got != 1 {
-		t.Errorf("after removal Derivations = %d, want 1 (glibc, available)", got)
+	if got := p.TakeUnresolved(); !slices.Equal(got, []string{drv("lib")}) {
+		t.Errorf("unresolved %v, want lib only (glibc is known)", got)
 	}
-	if !p.Available(drv("glibc")) {
-		t.Errorf("glibc forgotten")
+	p.RemoveBuild("app")
+	if got := p.Stats().Derivations; got != 0 {
+		t.Errorf("after removal Derivations = %d, want 0", got)
 	}
 	p.UpsertBuild(bld("app2", 0, 0, "glibc"))
 	if w, _ := p.CurrentWait("app2"); w.Reason != NotWaiting {
-		t.Errorf("app2 waits %+v, want nothing", w)
+		t.Errorf("app2 waits %+v, want nothing (Lookup knows glibc)", w)
+	}
+	if got := p.TakeUnresolved(); len(got) != 0 {
+		t.Errorf("unresolved %v, want none", got)
 	}
 	checkInvariants(t, p)
 }
@@ -642,17 +543,20 @@ func checkInvariants(t *testing.T, p *Planner) {
 		if v := get(int32(ni)); v.inh != n.inh || v.cp != n.cp {
 			t.Errorf("node %s: inh,cp = %d,%d, recomputed %d,%d", n.drv, n.inh, n.cp, v.inh, v.cp)
 		}
-		var missing int32
+		var missing, failed int32
 		for _, ii := range n.inputs {
-			if !p.nodes[ii].available {
+			if p.nodes[ii].blocks() {
 				missing++
+			}
+			if p.nodes[ii].failedInput() {
+				failed++
 			}
 			if !containsInt(p.nodes[ii].deps, int32(ni)) {
 				t.Errorf("node %s: input %s lacks the back edge", n.drv, p.nodes[ii].drv)
 			}
 		}
-		if missing != n.missing {
-			t.Errorf("node %s: missing %d, recomputed %d", n.drv, n.missing, missing)
+		if missing != n.missing || failed != n.nfailed {
+			t.Errorf("node %s: missing %d, failed %d, recomputed %d, %d", n.drv, n.missing, n.nfailed, missing, failed)
 		}
 		if n.own != p.ownOf(int32(ni)) {
 			t.Errorf("node %s: own %d, recomputed %d", n.drv, n.own, p.ownOf(int32(ni)))
@@ -747,19 +651,19 @@ func TestSkipInitialWaits(t *testing.T) {
 			event:   func(*Planner) {},
 			stats:   map[WaitReason]int{Deferred: 1},
 		},
-		"offerable, then its input is deleted": {
+		"offerable, then its input's Build fails": {
 			build:   bld("app", 0, 1, "glibc"),
 			initial: Wait{Key: "app"},
-			event:   func(p *Planner) { p.SetAvailable(drv("glibc"), false) },
-			waits:   []Wait{{Key: "app", Reason: InputsPending, Message: "1 of 1 input derivations not yet built"}},
-			stats:   map[WaitReason]int{InputsPending: 1},
+			event:   func(p *Planner) { p.SetFailed(drv("glibc"), "Build glibc failed") },
+			waits: []Wait{{Key: "app", Reason: InputFailed,
+				Message: "input " + drv("glibc") + " cannot be built yet: Build glibc failed; a new Build of it lets this one proceed"}},
+			stats: map[WaitReason]int{InputFailed: 1},
 		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			p := New(Options{Strategy: DerivationOrdered, SkipInitialWaits: true})
+			p := New(Options{Strategy: DerivationOrdered, SkipInitialWaits: true, Lookup: known(map[string]bool{drv("glibc"): true})})
 			p.UpsertAgent(agent("a", 1))
-			p.SetAvailable(drv("glibc"), true)
 			p.UpsertBuild(tc.build)
 			if got, _ := p.CurrentWait(tc.build.Key); got != tc.initial {
 				t.Errorf("CurrentWait = %+v, want %+v", got, tc.initial)

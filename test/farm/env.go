@@ -29,6 +29,7 @@ import (
 	"github.com/guixfarm/guix-farm/controllers"
 	"github.com/guixfarm/guix-farm/controllers/build"
 	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/metrics"
 	"github.com/guixfarm/guix-farm/internal/planner"
@@ -107,9 +108,10 @@ type ControllerOptions struct {
 	Strategy planner.Strategy
 	BuildTTL time.Duration
 	Log      logr.Logger
-	// Facts replaces the drv directory as the derivation source; Outputs checks the bucket.
-	Facts   build.FactsSource
-	Outputs build.OutputChecker
+	// Facts replaces the drv directory as the derivation source; Bucket is what the
+	// availability owner asks (a bucket.Reader).
+	Facts  build.FactsSource
+	Bucket availability.Store
 	// Metrics, when set, receives the controller's metrics (a test reads them back).
 	Metrics *metrics.Metrics
 }
@@ -142,8 +144,8 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 	if m == nil {
 		m = metrics.New(nil)
 	}
-	loop, err := controllers.Setup(ctx, mgr, controllers.Options{
-		Strategy: o.Strategy, Facts: facts, Outputs: o.Outputs,
+	farm, err := controllers.Setup(ctx, mgr, controllers.Options{
+		Strategy: o.Strategy, Facts: facts, Bucket: o.Bucket,
 		BuildTTL: o.BuildTTL, PlanDebounce: 10 * time.Millisecond, BuildWorkers: 16, AgentGrace: 500 * time.Millisecond,
 		Clock: clock.RealClock{}, Metrics: m, Log: log,
 	})
@@ -160,7 +162,7 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	return loop
+	return farm.Loop
 }
 
 // Kubeconfig writes a kubeconfig for the envtest apiserver (for agent processes and kubectl).

@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	"github.com/guixfarm/guix-farm/controllers"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/derivation"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
@@ -77,7 +76,7 @@ func TestBucketIsTheSource(t *testing.T) {
 	}
 	ns := env.Namespace(t, "bucket")
 	env.StartController(t, ns, "", farm.ControllerOptions{Strategy: planner.Basic,
-		Facts: drvsource.NewFactsCache(reader, 100), Outputs: controllers.BucketOutputs{Reader: reader}})
+		Facts: drvsource.NewFactsCache(reader, 100), Bucket: reader})
 	pool := &farmv1.AgentPool{ObjectMeta: metav1.ObjectMeta{Name: "x86", Namespace: ns},
 		Spec: farmv1.AgentPoolSpec{Systems: []string{"x86_64-linux"}, Replicas: ptr.To[int32](0)}}
 	if err := env.Client.Create(ctx, pool); err != nil {

@@ -25,7 +25,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	"github.com/guixfarm/guix-farm/controllers"
 	"github.com/guixfarm/guix-farm/internal/agentlease"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/derivation"
@@ -392,7 +391,7 @@ func startRealFarm(t testing.TB) *rbFarm {
 		}
 	})
 	env.StartController(t, f.ns, "", farm.ControllerOptions{Strategy: planner.DerivationOrdered,
-		Facts: drvsource.NewFactsCache(creader, 1000), Outputs: controllers.BucketOutputs{Reader: creader},
+		Facts: drvsource.NewFactsCache(creader, 1000), Bucket: creader,
 		Log: funcr.New(func(prefix, args string) {
 			fmt.Fprintf(ctrlLog, "%s %s %s\n", time.Now().Format("15:04:05.000"), prefix, args)
 		}, funcr.Options{})})
