@@ -4,6 +4,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -102,6 +103,13 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 		OnAnswer: func(drv string, available bool) {
 			p.SetAvailable(drv, available)
 			loop.Kick()
+		},
+		OnLost: func(_, why string) {
+			source := "report" // an agent could not substitute it, or its nar was gone
+			if strings.HasPrefix(why, availability.WhyGC) {
+				source = "gc"
+			}
+			o.Metrics.OutputsLost.WithLabelValues(source).Inc()
 		},
 	})
 	if err != nil {

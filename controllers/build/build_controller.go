@@ -43,6 +43,7 @@ type Availability interface {
 	Succeeded(drv string, outputs []string, at time.Time) bool
 	Peek(drv string) (available, known bool)
 	Check(ctx context.Context, drv string) (bool, error)
+	Gone(drv, why string)
 }
 
 // Reconciler reconciles Builds.
@@ -202,7 +203,7 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 		r.Loop.Forget(s.key)
 		return ctrl.Result{}, nil
 	}
-	retry := soonest(retrySkip, r.reconcileInputBuilds(ctx, s))
+	retry := soonest(retrySkip, soonest(r.reconcileInputBuilds(ctx, s), r.reconcileMissingInputs(ctx, s)))
 	r.reconcileAllocation(s)
 	if s.b.Status.Allocation != nil || len(s.b.Status.Conditions) > 0 || s.b.Status.Phase != "" {
 		recordFacts(s, s.b.Status.Allocation != nil)

@@ -91,7 +91,10 @@ type Options struct {
 	// owner's lock held, so it may take its own locks and call the Owner.
 	// Answers not yet delivered when Close is called are dropped. May be nil.
 	OnAnswer func(drv string, available bool)
-	Log      logr.Logger
+	// OnLost is called (without the owner's lock) when outputs the owner counted available are
+	// found lost (Gone, PathsDeleted), with why: the caller's metric and log. May be nil.
+	OnLost func(drv, why string)
+	Log    logr.Logger
 }
 
 // Stats are the owner's counters, for metrics and tests.
@@ -139,6 +142,7 @@ type Owner struct {
 	clk          clock.PassiveClock
 	after        func(d time.Duration, f func()) (stop func() bool)
 	onAnswer     func(drv string, available bool)
+	onLost       func(drv, why string)
 	log          logr.Logger
 
 	ctx    context.Context // cancelled by Close: ends Resolve's lookups
@@ -195,7 +199,7 @@ func New(o Options) (*Owner, error) {
 	w := &Owner{
 		store: o.Store, outputs: o.Outputs,
 		availableTTL: o.AvailableTTL, absentTTL: o.AbsentTTL,
-		clk: o.Clock, onAnswer: o.OnAnswer, log: o.Log,
+		clk: o.Clock, onAnswer: o.OnAnswer, onLost: o.OnLost, log: o.Log,
 		index:   map[string]string{},
 		pending: map[string]struct{}{},
 		timers:  map[string]func() bool{},
@@ -286,10 +290,17 @@ func (o *Owner) Gone(drv string, why string) {
 	o.lost.Add(1)
 	if wasAvailable {
 		o.log.Info("outputs lost: no longer available", "drv", drv, "why", why)
+		if o.onLost != nil {
+			o.onLost(drv, why)
+		}
 	} else {
 		o.log.V(1).Info("outputs lost (not counted available)", "drv", drv, "why", why)
 	}
 }
+
+// WhyGC starts the why of a loss PathsDeleted records, so a caller's OnLost can tell GC
+// deletions from other news of loss.
+const WhyGC = "garbage collection deleted "
 
 // PathsDeleted records that GC deleted these store paths. derivers[i] is
 // the Deriver of paths[i]'s deleted narinfo ("" or missing when unknown; a
@@ -324,7 +335,7 @@ func (o *Owner) PathsDeleted(paths []string, derivers []string) {
 	}
 	o.mu.Unlock()
 	for _, g := range gone {
-		o.Gone(g.drv, "garbage collection deleted "+g.path)
+		o.Gone(g.drv, WhyGC+g.path)
 	}
 }
 

@@ -26,6 +26,11 @@ type Metrics struct {
 	AgentsLost prometheus.Counter
 	// Transitions counts Build phase transitions, by the new phase.
 	Transitions *prometheus.CounterVec
+	// OutputsLost counts derivations whose outputs the farm counted available and found gone,
+	// by how it found out (gc, report).
+	OutputsLost *prometheus.CounterVec
+	// InputBuilds counts Builds the controller created for inputs, by why (ensure, missing).
+	InputBuilds *prometheus.CounterVec
 }
 
 // New creates the metrics and registers them with reg when it is not nil.
@@ -50,9 +55,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Agents whose Lease expired."}),
 		Transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "build_transitions_total",
 			Help: "Build phase transitions, by new phase."}, []string{"phase"}),
+		OutputsLost: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "outputs_lost_total",
+			Help: "Derivations whose outputs were counted available and found gone, by how it was found (gc, report)."}, []string{"source"}),
+		InputBuilds: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "input_builds_created_total",
+			Help: "Builds created for input derivations, by why (ensure: spec.ensureInputBuilds; missing: an agent's missing-input report)."}, []string{"why"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Builds, m.QueueDepth, m.Waiting, m.PlanDuration, m.Allocations, m.Conflicts, m.Agents, m.AgentsLost, m.Transitions)
+		reg.MustRegister(m.Builds, m.QueueDepth, m.Waiting, m.PlanDuration, m.Allocations, m.Conflicts, m.Agents, m.AgentsLost, m.Transitions,
+			m.OutputsLost, m.InputBuilds)
 	}
 	return m
 }

@@ -40,7 +40,8 @@ import (
 // realDAG is the sample the farm builds for real: derivations whose only tool is a static busybox.
 // Each script starts with B=<busybox> and set -e. The flaky derivation fails unless a marker exists
 // in /flaky, a host directory the agents' daemons bind into their sandboxes (extra-sandbox-paths):
-// its first attempt creates the marker and fails, the next one succeeds, on either agent.
+// its first attempt creates the marker and fails, the next one succeeds, on either agent. The
+// gated one fails until the test creates its gate there.
 const realDAG = `{ bb, nonce, fixedHash }:
 let
   busybox = builtins.storePath bb;
@@ -53,6 +54,7 @@ let
   chain0 = mk "chain-0" ''$B mkdir $out; echo chain-0 > $out/v'' { };
   chain1 = mk "chain-1" ''$B mkdir $out; echo ${chain0} > $out/dep; { $B cat ${chain0}/v; echo chain-1; } > $out/v'' { };
   chain2 = mk "chain-2" ''$B mkdir $out; echo ${chain1} > $out/dep; { $B cat ${chain1}/v; echo chain-2; } > $out/v'' { };
+  gated = mk "gated" ''if [ -e /flaky/${nonce}-gate ]; then echo opened > $out; else echo "gated: closed"; exit 3; fi'' { };
   leaf = i: mk "leaf-${toString i}" ''echo leaf ${toString i} > $out'' { };
   leaves = builtins.genList leaf 10;
 in builtins.listToAttrs (builtins.genList (i: { name = "leaf${toString i}"; value = builtins.elemAt leaves i; }) 10) // {
@@ -83,6 +85,8 @@ in builtins.listToAttrs (builtins.genList (i: { name = "leaf${toString i}"; valu
     fi
   '' { };
   failing = mk "always-fails" ''echo "going to fail for good"; exit 3'' { };
+  inherit gated;
+  afterGated = mk "after-gated" ''$B cat ${gated} > $out'' { };
   timesout = mk "times-out" ''echo "token-timeout-${nonce}"; $B sleep 60; echo > $out'' { };
   canceled = mk "canceled" ''echo "token-cancel-${nonce}"; $B sleep 60; echo > $out'' { };
   victim = mk "survives-agent-kill" ''echo "token-victim-${nonce}"; $B sleep 8; echo survived > $out'' { };
@@ -444,7 +448,7 @@ func (f *rbFarm) instantiate(t *testing.T) {
 		t.Fatal(err)
 	}
 	attrs := []string{"chain0", "chain1", "chain2", "fanin", "multi", "fixed", "big", "noisy", "flaky", "failing",
-		"timesout", "canceled", "victim"}
+		"timesout", "canceled", "victim", "gated", "afterGated"}
 	for i := range 10 {
 		attrs = append(attrs, fmt.Sprintf("leaf%d", i))
 	}
