@@ -226,7 +226,11 @@ func (b *Builder) checkInputs(ctx context.Context, conn *daemon.Conn, drv *deriv
 	if err != nil {
 		return b.classify(ctx, err, "querying substitutes of inputs", nil)
 	}
-	absent := without(missing, subst)
+	failed, err := b.substitute(ctx, conn, subst)
+	if err != nil {
+		return err
+	}
+	absent := append(without(missing, subst), failed...)
 	if len(absent) == 0 {
 		return nil
 	}
@@ -237,6 +241,39 @@ func (b *Builder) checkInputs(ctx context.Context, conn *daemon.Conn, drv *deriv
 		}
 	}
 	return buildstep.MissingInputs(absent, drvs)
+}
+
+// substitute fetches the inputs a substituter offers, now: a narinfo says a path is
+// substitutable, not that its nar is there (a nar deleted by hand, a half-done GC), and an input
+// that cannot be fetched is missing, for the farm to build again, not a failure of this build
+// (the daemon would fail it, or with fallback build the input itself). All at once first (the
+// daemon fetches them in parallel); when that fails, path by path, to tell which cannot be.
+func (b *Builder) substitute(ctx context.Context, conn *daemon.Conn, paths []string) (failed []string, err error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	all := make([]daemon.DerivedPath, len(paths))
+	for i, p := range paths {
+		all[i] = daemon.DerivedPath{Drv: p} // an opaque store path: substituted, never built
+	}
+	var de *daemon.Error
+	err = conn.BuildPaths(ctx, all, daemon.BuildNormal, func(daemon.LogLine) {})
+	if err == nil {
+		return nil, nil
+	}
+	if !errors.As(err, &de) || ctx.Err() != nil {
+		return nil, b.classify(ctx, err, "substituting inputs", nil)
+	}
+	for _, p := range paths {
+		if err := conn.EnsurePath(ctx, p); err != nil {
+			if !errors.As(err, &de) || ctx.Err() != nil {
+				return nil, b.classify(ctx, err, "substituting input "+p, nil)
+			}
+			b.log.Info("Input cannot be substituted; reporting it missing", "path", p, "error", de.Error())
+			failed = append(failed, p)
+		}
+	}
+	return failed, nil
 }
 
 // build runs BuildPaths, streaming the log into the attempt's log. It enforces the limits itself

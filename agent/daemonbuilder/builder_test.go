@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/minio/minio-go/v7"
 
 	"github.com/guixfarm/guix-farm/agent/buildstep"
 	"github.com/guixfarm/guix-farm/internal/bucket"
@@ -199,6 +201,32 @@ func TestDaemonBuilder(t *testing.T) {
 			t.Fatalf("got %v, want MissingInputs", err)
 		}
 		if len(se.MissingPaths) != 1 || se.MissingPaths[0] != depOut || len(se.MissingDerivations) != 1 || se.MissingDerivations[0] != dep {
+			t.Errorf("missing %v from %v, want %s from %s", se.MissingPaths, se.MissingDerivations, depOut, dep)
+		}
+	})
+
+	t.Run("input whose nar is gone from the bucket is missing, not a failure", func(t *testing.T) {
+		depExpr := r.expr("nar-lost", `echo lost > $out`)
+		dep, depOut := r.drv(t, "nar-lost", depExpr)
+		r.submit.MustRun(t, "nix-store", "--realise", dep)
+		r.publishFrom(t, r.submit, depOut)
+		_, ni := r.narinfo(t, depOut)
+		url := ""
+		for _, l := range strings.Split(ni, "\n") {
+			if u, ok := strings.CutPrefix(l, "URL: "); ok {
+				url = u
+			}
+		}
+		if err := r.minio.Client.RemoveObject(ctx, "farm", url, minio.RemoveObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		drv, _ := r.drv(t, "needs-lost", r.expr("needs-lost", `cat $in0 > $out`, depExpr))
+		_, err := b.Run(ctx, request(drv, &logBuf{}))
+		var se *buildstep.Error
+		if !errors.As(err, &se) || se.Kind != buildstep.KindMissingInputs {
+			t.Fatalf("got %v, want MissingInputs", err)
+		}
+		if !slices.Equal(se.MissingPaths, []string{depOut}) || !slices.Equal(se.MissingDerivations, []string{dep}) {
 			t.Errorf("missing %v from %v, want %s from %s", se.MissingPaths, se.MissingDerivations, depOut, dep)
 		}
 	})

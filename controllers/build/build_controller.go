@@ -42,7 +42,7 @@ type FactsSource interface {
 type Availability interface {
 	Succeeded(drv string, outputs []string, at time.Time) bool
 	Peek(drv string) (available, known bool)
-	Check(ctx context.Context, drv string) (bool, error)
+	CheckFresh(ctx context.Context, drv string) (bool, error)
 	Gone(drv, why string)
 }
 

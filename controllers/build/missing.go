@@ -29,13 +29,15 @@ func (r *Reconciler) reconcileMissingInputs(ctx context.Context, s *scope) time.
 	if m == nil || b.Status.Phase == farmv1.BuildRunning || b.Spec.Canceled {
 		return 0
 	}
+	// The report stands as of the release; a Build of the input that succeeded since answers it.
+	reported := b.CreationTimestamp.Time
+	if n := len(b.Status.Attempts); n > 0 && !b.Status.Attempts[n-1].End.IsZero() {
+		reported = b.Status.Attempts[n-1].End.Time
+	}
 	why := fmt.Sprintf("agent %s could neither find nor substitute the outputs of %s's input", m.Agent, b.Name)
 	var retry time.Duration
 	for _, drv := range m.Derivations {
-		if avail, known := r.Availability.Peek(drv); known && avail {
-			r.Availability.Gone(drv, why)
-		}
-		if err := r.ensureBuildOf(ctx, s, drv, inputBuild{why: "missing", lost: true}); err != nil {
+		if err := r.ensureBuildOf(ctx, s, drv, inputBuild{why: "missing", lostAt: reported, lostWhy: why}); err != nil {
 			s.log.Error(err, "creating a build for a missing input", "input", drv)
 			retry = inputBuildsRetry
 		}
@@ -46,15 +48,17 @@ func (r *Reconciler) reconcileMissingInputs(ctx context.Context, s *scope) time.
 // inputBuild says why ensureBuildOf runs.
 type inputBuild struct {
 	why string // the metric's label: ensure (spec.ensureInputBuilds) or missing (an agent's report)
-	// lost: an agent reported the outputs missing, so a Succeeded Build of the derivation no
-	// longer stands for them.
-	lost bool
+	// lostAt, when set, is when an agent reported the outputs missing (lostWhy says who): a
+	// Succeeded Build of the derivation that completed before no longer stands for them.
+	lostAt  time.Time
+	lostWhy string
 	// ensureInputs: the new Build asks the same for its own inputs.
 	ensureInputs bool
 }
 
 // ensureBuildOf makes sure a Build of drv exists in the dependent's namespace: none (or, when
-// its outputs are lost, only a Succeeded one) gets a new one, at the dependent's priority (the
+// its outputs were reported lost, only Succeeded ones that completed before the report: the
+// availability owner is told) gets a new one, at the dependent's priority (the
 // planner raises it to that of everything waiting on it) and without its requirements (a kvm
 // test's compiler does not need kvm); a live or failed one is left as it is.
 func (r *Reconciler) ensureBuildOf(ctx context.Context, s *scope, drv string, ib inputBuild) error {
@@ -67,20 +71,31 @@ func (r *Reconciler) ensureBuildOf(ctx context.Context, s *scope, drv string, ib
 	if err != nil {
 		return err
 	}
+	var stale *farmv1.Build // a Succeeded Build under the derivation's name, older than the report
 	for i := range list.Items {
 		x := &list.Items[i]
 		switch {
-		case x.Status.Phase != farmv1.BuildSucceeded || !ib.lost:
+		case x.Status.Phase != farmv1.BuildSucceeded || ib.lostAt.IsZero():
 			return nil // being built, built, or failed (its dependents wait, naming it)
+		case x.Status.CompletionTime != nil && !x.Status.CompletionTime.Time.Before(ib.lostAt):
+			return nil // built again since the report
 		case x.Name == name && x.DeletionTimestamp == nil:
-			// Succeeded, but its outputs are reported missing: make room for a new Build under
-			// the derivation's name. The next reconcile creates it once the old one is gone.
-			if err := r.Client.Delete(ctx, x, client.Preconditions{UID: &x.UID}); err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("deleting %s, whose outputs are lost, to build %s again: %w", x.Name, drv, err)
-			}
-			s.log.Info("Outputs lost: building the derivation again", "input", drv, "old", x.Name)
-			return nil
+			stale = x
 		}
+	}
+	if !ib.lostAt.IsZero() {
+		if avail, known := r.Availability.Peek(drv); known && avail {
+			r.Availability.Gone(drv, ib.lostWhy)
+		}
+	}
+	if x := stale; x != nil {
+		// Succeeded, but its outputs are reported missing since: make room for a new Build under
+		// the derivation's name. The next reconcile creates it once the old one is gone.
+		if err := r.Client.Delete(ctx, x, client.Preconditions{UID: &x.UID}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("deleting %s, whose outputs are lost, to build %s again: %w", x.Name, drv, err)
+		}
+		s.log.Info("Outputs lost: building the derivation again", "input", drv, "old", x.Name)
+		return nil
 	}
 	nb := &farmv1.Build{
 		ObjectMeta: metav1.ObjectMeta{Namespace: b.Namespace, Name: name,

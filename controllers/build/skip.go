@@ -20,9 +20,9 @@ const (
 	skipRetryMax = 5 * time.Minute
 )
 
-// reconcileSkip finishes a Build at once when it asked to skip and the availability owner says
-// its outputs are available (a fresh answer: every output's narinfo and nar in the bucket, or a
-// recent success). When the bucket cannot answer, the Build says so (OutputsChecked=False,
+// reconcileSkip finishes a Build at once when it asked to skip and the bucket has its outputs
+// now (the availability owner's CheckFresh: every output's narinfo and nar; never a remembered
+// answer, which could end the Build Succeeded on outputs deleted since). When the bucket cannot answer, the Build says so (OutputsChecked=False,
 // naming the error), is planned as usual, and the check is tried again after the returned delay.
 func (r *Reconciler) reconcileSkip(ctx context.Context, s *scope) (done bool, retry time.Duration) {
 	b := s.b
@@ -30,7 +30,7 @@ func (r *Reconciler) reconcileSkip(ctx context.Context, s *scope) (done bool, re
 		conditions.Remove(&b.Status.Conditions, farmv1.BuildConditionOutputsChecked)
 		return false, 0
 	}
-	ok, err := r.Availability.Check(ctx, b.Spec.Derivation)
+	ok, err := r.Availability.CheckFresh(ctx, b.Spec.Derivation)
 	if err != nil {
 		retry := skipBackoff(b, s.now)
 		s.log.Info("Cannot tell whether the outputs are available; will retry", "derivation", b.Spec.Derivation,

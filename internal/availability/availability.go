@@ -145,10 +145,11 @@ type Owner struct {
 	onLost       func(drv, why string)
 	log          logr.Logger
 
-	ctx    context.Context // cancelled by Close: ends Resolve's lookups
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	flight lru.Flight[bool] // one bucket lookup per derivation at a time
+	ctx         context.Context // cancelled by Close: ends Resolve's lookups
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	flight      lru.Flight[bool] // one bucket lookup per derivation at a time
+	freshFlight lru.Flight[bool] // the same for CheckFresh, which must not share a cached answer
 
 	lookups, lost, hits atomic.Uint64
 
@@ -365,7 +366,18 @@ func (o *Owner) Check(ctx context.Context, drv string) (bool, error) {
 	if o.store == nil {
 		return false, nil
 	}
-	return o.flight.Do(ctx, drv, func() (bool, error) { return o.lookup(ctx, drv) })
+	return o.flight.Do(ctx, drv, func() (bool, error) { return o.lookup(ctx, drv, false) })
+}
+
+// CheckFresh is Check without trusting what the owner remembers: it asks the bucket (once at a
+// time per derivation) and remembers the answer. For decisions a stale "available" would make
+// wrong for good, such as ending a Build Succeeded without building it
+// (spec.skipIfOutputsAvailable). Without a bucket it is Check.
+func (o *Owner) CheckFresh(ctx context.Context, drv string) (bool, error) {
+	if o.store == nil {
+		return o.Check(ctx, drv)
+	}
+	return o.freshFlight.Do(ctx, drv, func() (bool, error) { return o.lookup(ctx, drv, true) })
 }
 
 // Resolve asks, asynchronously, about each of drvs, and delivers each
@@ -421,16 +433,17 @@ func (o *Owner) Stats() Stats {
 // lookup asks the bucket about drv (the body of a flight) and remembers the
 // answer. It returns the answer the owner holds afterwards, which is a
 // Succeeded's or Gone's if one came while the bucket was being asked.
-func (o *Owner) lookup(ctx context.Context, drv string) (bool, error) {
+func (o *Owner) lookup(ctx context.Context, drv string, fresh bool) (bool, error) {
 	now := o.clk.Now()
 	o.mu.Lock()
 	e, ok := o.cache.Get(drv)
 	start := o.seq
 	o.mu.Unlock()
-	if ok && now.UnixNano() <= e.expires { // answered while we queued
+	if ok && now.UnixNano() <= e.expires && !fresh { // answered while we queued
 		o.hits.Add(1)
 		return e.available, nil
 	}
+	wasAvailable := ok && e.available // even if expired: a consumer may still count on it
 	outs, err := o.outputs(ctx, drv)
 	if err != nil {
 		return false, fmt.Errorf("outputs of %s: %w", drv, err)
@@ -443,7 +456,7 @@ func (o *Owner) lookup(ctx context.Context, drv string) (bool, error) {
 		o.lookups.Add(1)
 		ok, err := o.store.Present(ctx, p)
 		if err != nil {
-			return false, fmt.Errorf("is %s (output of %s) in the bucket: %w", p, drv, err)
+			return false, fmt.Errorf("output of %s: %w", drv, err)
 		}
 		if !ok {
 			available = false
@@ -456,11 +469,24 @@ func (o *Owner) lookup(ctx context.Context, drv string) (bool, error) {
 		ttl = o.availableTTL
 	}
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	if cur, ok := o.cache.Get(drv); ok && cur.seq > start {
+		o.mu.Unlock()
 		return cur.available, nil // a newer Succeeded or Gone wins
 	}
 	o.putLocked(drv, entry{available: available, expires: now.Add(ttl).UnixNano(), seq: start}, outs)
+	lost := wasAvailable && !available
+	if lost {
+		o.answerLocked(drv, false)
+	}
+	o.mu.Unlock()
+	if lost { // found out by asking: as much a loss as a GC's report
+		o.lost.Add(1)
+		why := "the bucket no longer has all its outputs (narinfo and nar)"
+		o.log.Info("outputs lost: no longer available", "drv", drv, "why", why)
+		if o.onLost != nil {
+			o.onLost(drv, why)
+		}
+	}
 	return available, nil
 }
 
@@ -483,7 +509,7 @@ func (o *Owner) worker() {
 		}
 		o.mu.Unlock()
 
-		available, err := o.flight.Do(o.ctx, j.drv, func() (bool, error) { return o.lookup(o.ctx, j.drv) })
+		available, err := o.flight.Do(o.ctx, j.drv, func() (bool, error) { return o.lookup(o.ctx, j.drv, false) })
 		if err != nil {
 			if o.ctx.Err() != nil {
 				return // closing

@@ -715,3 +715,30 @@ func TestSucceededLongAgoIsNoAnswer(t *testing.T) {
 		t.Errorf("Peek = %v, %v after a recent success", avail, known)
 	}
 }
+
+// CheckFresh asks the bucket even when the owner remembers "available", and a loss it finds
+// is told (OnAnswer false, OnLost, Stats().Lost) like any other.
+func TestCheckFreshFindsALoss(t *testing.T) {
+	s := newStore()
+	a := newAnswers()
+	var lost atomic.Int32
+	w := newOwner(t, Options{Store: s, Outputs: outputsOf, Clock: clocktesting.NewFakeClock(t0),
+		OnAnswer: a.on, OnLost: func(string, string) { lost.Add(1) }})
+	w.Succeeded(drv(1), []string{out(1), lib(1)}, t0)
+	if x := a.next(t); !x.available {
+		t.Fatalf("answer %+v after a success", x)
+	}
+	if ok, err := w.Check(t.Context(), drv(1)); !ok || err != nil || s.total() != 0 {
+		t.Fatalf("Check = %v, %v after %d lookups; want the remembered success, no lookup", ok, err, s.total())
+	}
+	ok, err := w.CheckFresh(t.Context(), drv(1)) // the fake bucket has nothing
+	if ok || err != nil || s.total() == 0 {
+		t.Fatalf("CheckFresh = %v, %v after %d lookups; want absent, from the bucket", ok, err, s.total())
+	}
+	if x := a.next(t); x.available {
+		t.Errorf("answer %+v after the loss, want absent", x)
+	}
+	if lost.Load() != 1 || w.Stats().Lost != 1 {
+		t.Errorf("OnLost %d times, Stats().Lost %d; want 1, 1", lost.Load(), w.Stats().Lost)
+	}
+}

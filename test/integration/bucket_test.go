@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,4 +114,94 @@ func TestBucketIsTheSource(t *testing.T) {
 		t.Errorf("already-built: condition %+v; want Succeeded by OutputsAvailable without an attempt", c)
 	}
 	t.Logf("missing .drv: %s", meta.FindStatusCondition(get("missing").Status.Conditions, farmv1.BuildConditionDerivationReadable).Message)
+}
+
+// switchStore is the bucket as the availability owner sees it, through a reader with wrong
+// credentials until the test fixes them.
+type switchStore struct {
+	bad, good *bucket.Reader
+	fixed     atomic.Bool
+}
+
+func (s *switchStore) Present(ctx context.Context, path string) (bool, error) {
+	if s.fixed.Load() {
+		return s.good.Present(ctx, path)
+	}
+	return s.bad.Present(ctx, path)
+}
+
+// TestSkipCheckSurvivesBucketErrors: with the bucket's credentials wrong, a Build with
+// skipIfOutputsAvailable says so (OutputsChecked=False naming the bucket's error) instead of
+// stalling, and ends Succeeded without building once the credentials are right.
+func TestSkipCheckSurvivesBucketErrors(t *testing.T) {
+	ctx := context.Background()
+	m := testbed.StartMinIO(t)
+	cfg := bucket.Config{Endpoint: m.Endpoint, Bucket: "substitutes", AccessKey: m.AccessKey, SecretKey: m.SecretKey, AllowUnsigned: true}
+	pub, err := bucket.NewPublisher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.EnsureBucket(ctx); err != nil {
+		t.Fatal(err)
+	}
+	drvs := farm.NewDrvs(t)
+	built := drvs.Add(t, "built-elsewhere", "x86_64-linux", 1)
+	data, err := os.ReadFile(filepath.Join(drvs.Dir, filepath.Base(built)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := derivation.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.WriteFile(out, []byte("built elsewhere\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(ctx, bucket.DiskItem(parsed.OutputPaths()["out"], out)); err != nil {
+		t.Fatal(err)
+	}
+	badCfg := cfg
+	badCfg.SecretKey = "not-the-secret-key"
+	store := &switchStore{}
+	if store.bad, err = bucket.NewReader(badCfg, bucket.ReaderOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if store.good, err = bucket.NewReader(cfg, bucket.ReaderOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ns := env.Namespace(t, "skiperr")
+	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.Basic, Bucket: store})
+	b := farm.MakeBuild("skip-me", ns, built).Obj()
+	b.Spec.SkipIfOutputsAvailable = true
+	if err := env.Client.Create(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	get := func() *farmv1.Build {
+		x := &farmv1.Build{}
+		_ = env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "skip-me"}, x)
+		return x
+	}
+	var c *metav1.Condition
+	waitFor(t, 30*time.Second, "the bucket error to show on the Build", func() (bool, string) {
+		x := get()
+		c = meta.FindStatusCondition(x.Status.Conditions, farmv1.BuildConditionOutputsChecked)
+		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == "BucketError", fmt.Sprintf("%s %+v", x.Status.Phase, x.Status.Conditions)
+	})
+	t.Logf("with wrong credentials: %s", c.Message)
+	if x := get(); x.Status.Phase.Finished() {
+		t.Fatalf("the Build ended %s while the bucket could not answer", x.Status.Phase)
+	}
+	store.fixed.Store(true)
+	waitFor(t, 30*time.Second, "the Build to end Succeeded once the credentials are right", func() (bool, string) {
+		x := get()
+		return x.Status.Phase == farmv1.BuildSucceeded, fmt.Sprintf("%s %+v", x.Status.Phase, x.Status.Conditions)
+	})
+	x := get()
+	if c := meta.FindStatusCondition(x.Status.Conditions, farmv1.BuildConditionSucceeded); c == nil || c.Reason != "OutputsAvailable" || x.Status.AttemptCount != 0 {
+		t.Errorf("condition %+v, %d attempts; want Succeeded by OutputsAvailable without an attempt", c, x.Status.AttemptCount)
+	}
+	if meta.FindStatusCondition(x.Status.Conditions, farmv1.BuildConditionOutputsChecked) != nil {
+		t.Error("the OutputsChecked condition stayed after the bucket answered")
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -19,6 +20,7 @@ import (
 	"github.com/guixfarm/guix-farm/internal/buildname"
 	"github.com/guixfarm/guix-farm/internal/daemon"
 	"github.com/guixfarm/guix-farm/internal/planner"
+	"github.com/guixfarm/guix-farm/internal/storepath"
 	"github.com/guixfarm/guix-farm/test/farm"
 )
 
@@ -145,5 +147,89 @@ func (f *rbFarm) publishOutputs(t testing.TB, paths ...string) {
 	}
 	if _, err := f.pub.PublishClosure(ctx, items, 0); err != nil {
 		t.Fatalf("publishing %v: %v", paths, err)
+	}
+}
+
+// TestLostOutputsRebuilt: outputs the farm built are lost after their Builds were deleted (as by
+// the TTL): chain0's narinfo and nar (as a GC would), leaf0's nar alone (by hand), and from the
+// agents' stores. New dependents,
+// submitted alone, lead to the lost inputs being built again, never to a Build marked Succeeded
+// on outputs that are gone, and never to a wait without end.
+func TestLostOutputsRebuilt(t *testing.T) {
+	f := startRealFarm(t)
+	f.instantiate(t)
+	leaves := make([]string, 10)
+	for i := range leaves {
+		leaves[i] = fmt.Sprintf("leaf%d", i)
+	}
+	f.submitBuilds(t, nil, append([]string{"chain0"}, leaves...)...)
+	f.startAgents(t)
+	f.waitSucceeded(t, time.Minute, append([]string{"chain0"}, leaves...)...)
+	for _, a := range append([]string{"chain0"}, leaves...) {
+		if err := env.Client.Delete(t.Context(), f.byAttr(t, a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.removeFromBucket(t, f.builds["chain0"].outs["out"], true)
+	f.removeFromBucket(t, f.builds["leaf0"].outs["out"], false)
+	// And from the agents' stores, or the agent that has them would publish them again with its
+	// next closure, which heals the bucket instead of testing the rebuild.
+	for _, d := range f.daemons {
+		for _, a := range []string{"chain0", "leaf0"} {
+			if _, err := d.Run(t.Context(), "nix-store", "--delete", f.builds[a].outs["out"]); err != nil {
+				t.Logf("deleting %s from an agent's store: %v (it may not have it)", a, err)
+			}
+		}
+	}
+
+	f.submitBuilds(t, nil, "chain1", "fanin")
+	for _, a := range []string{"chain0", "leaf0"} {
+		f.builds[a].name, _ = buildname.For(f.builds[a].drv) // the controller rebuilds them under this name
+	}
+	waitFor(t, 3*time.Minute, "the dependents of lost outputs to build", func() (bool, string) {
+		var state string
+		done := true
+		for _, a := range []string{"chain0", "leaf0", "chain1", "fanin"} {
+			b := &farmv1.Build{}
+			if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: f.ns, Name: f.builds[a].name}, b); err != nil {
+				state += fmt.Sprintf(" %s: no Build;", a)
+				done = false
+				continue
+			}
+			if b.Status.Phase.Finished() && b.Status.Phase != farmv1.BuildSucceeded {
+				t.Fatalf("build %s ended %s: %+v", b.Name, b.Status.Phase, b.Status)
+			}
+			done = done && b.Status.Phase == farmv1.BuildSucceeded
+			state += fmt.Sprintf(" %s: %s;", a, rbState(b))
+		}
+		return done, state
+	})
+	for _, a := range []string{"chain0", "leaf0"} {
+		b := f.get(t, f.builds[a].name)
+		if c := meta.FindStatusCondition(b.Status.Conditions, farmv1.BuildConditionSucceeded); c == nil || c.Reason != farmv1.ReasonSucceeded || b.Status.AttemptCount != 1 {
+			t.Errorf("%s: %s, Succeeded condition %+v; want built again (one attempt), not skipped", b.Name, rbState(b), c)
+		}
+	}
+	f.checkOutputs(t, "chain1")
+	f.checkOutputs(t, "fanin")
+	f.checkBucket(t, 14) // chain0-1, 10 leaves, fan-in, busybox
+}
+
+// removeFromBucket deletes path's nar, and with its narinfo too when all is set.
+func (f *rbFarm) removeFromBucket(t *testing.T, path string, all bool) {
+	t.Helper()
+	ni := f.narinfo(t, path)
+	keys := []string{ni.URL}
+	if all {
+		sp, err := storepath.ParseAny(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, bucket.NarInfoKey(sp))
+	}
+	for _, k := range keys {
+		if err := f.minio.Client.RemoveObject(t.Context(), rbBucket, k, minio.RemoveObjectOptions{}); err != nil {
+			t.Fatalf("removing %s: %v", k, err)
+		}
 	}
 }
