@@ -47,7 +47,10 @@ bench ./internal/planner '^BenchmarkReplanAfterFinish100k$/^derivation-ordered$'
 bench ./internal/signing '^(BenchmarkGuixSign|BenchmarkGuixVerify)$' 200x
 bench ./internal/narinfo '^BenchmarkNarinfoSignBoth$' 200x
 # One op each: 500 Builds through a real apiserver; an etcd read; 1 GiB closures.
-bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild|BenchmarkSampleDAGFarm)$' 1x 20m
+bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild|BenchmarkSampleDAGFarm|BenchmarkBucketLookups10k)$' 1x 20m
+# The restart of a 100,000-Build queue: ~2 minutes of creates, then the controller binary.
+bench ./test/integration '^BenchmarkControllerRestart$' 1x 30m
+bench ./internal/availability '^BenchmarkOwnerMemory1M$' 1x 10m
 bench ./internal/bucket '^(BenchmarkPublishClosure1GiB|BenchmarkNixCopy1GiB|BenchmarkPlainUpload1GiB|BenchmarkPublishClosure1000Small|BenchmarkNixCopy1000Small)$' 1x 60m
 bench ./internal/daemon '^(BenchmarkDaemonNarExport1GiB|BenchmarkNixStoreDump1GiB)$' 1x 20m
 # The agent's overhead is tens of ms per op: 5 ops. The 1,000-item publication and the sample

@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
@@ -22,8 +24,10 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
+	"github.com/guixfarm/guix-farm/controllers/build"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
+	"github.com/guixfarm/guix-farm/internal/gc"
 	"github.com/guixfarm/guix-farm/internal/gc/bucketgc"
 	"github.com/guixfarm/guix-farm/internal/gc/gccmd"
 	"github.com/guixfarm/guix-farm/internal/metrics"
@@ -64,7 +68,7 @@ func run() error {
 		o                                     controllers.Options
 		factsCacheSize                        int
 		bcfg                                  bucket.Config
-		gcInterval, gcGrace                   time.Duration
+		gcf                                   gcFlags
 	)
 	flag.StringVar(&namespace, "namespace", os.Getenv("WATCH_NAMESPACE"), "namespace of Builds, AgentPools and agent Leases; empty watches all")
 	flag.StringVar(&strategy, "strategy", string(planner.Basic), "allocation strategy: basic or derivation-ordered")
@@ -80,8 +84,7 @@ func run() error {
 	flag.DurationVar(&o.AgentGrace, "agent-grace", 2*time.Second, "added to a Lease's expiry before its agent is declared lost")
 	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the substitute bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
 	flag.StringVar(&bcfg.Bucket, "bucket", "", "the bucket that serves substitutes; the controller reads .drv files and output availability from it")
-	flag.DurationVar(&gcInterval, "gc-interval", 0, "run the bucket's reference-aware GC this often (0 disables it)")
-	flag.DurationVar(&gcGrace, "gc-grace", bucketgc.DefaultGrace, "GC never deletes objects younger than this")
+	gcf.bind(flag.CommandLine)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one replica")
@@ -141,18 +144,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if gcInterval > 0 {
+	if gcf.interval > 0 {
 		if reader == nil {
 			return fmt.Errorf("--gc-interval needs the bucket: give --bucket-endpoint and --bucket")
 		}
-		gcClient, err := bucket.NewClient(bcfg)
-		if err != nil {
-			return err
-		}
-		gcm := bucketgc.NewMetrics(crmetrics.Registry)
-		if err := mgr.Add(&bucketgc.Scheduler{Interval: gcInterval, Clock: clock.RealClock{}, Log: log.WithName("gc"), OnReport: gcm.Observe,
-			Options: bucketgc.Options{Client: gcClient, Bucket: bcfg.Bucket, Grace: gcGrace, Log: log.WithName("gc"),
-				Roots: controllers.BuildRoots{Client: mgr.GetClient()}, OnDeleted: controllers.OutputsDeleted(farm.Availability)}}); err != nil {
+		if err := gcf.add(mgr, bcfg, o.Facts, farm, log.WithName("gc")); err != nil {
 			return err
 		}
 	}
@@ -164,4 +160,65 @@ func run() error {
 	}
 	log.Info("Starting", "strategy", o.Strategy, "namespace", namespace)
 	return mgr.Start(ctx)
+}
+
+// gcFlags configure the bucket GC the controller runs (docs/gc.md).
+type gcFlags struct {
+	interval, grace, maxAge time.Duration
+	policy, rootsKey        string
+	selector                string
+	names                   []string
+	dryRun                  bool
+}
+
+func (g *gcFlags) bind(fs *flag.FlagSet) {
+	fs.DurationVar(&g.interval, "gc-interval", 0, "run the bucket's reference-aware GC this often (0 disables it)")
+	fs.DurationVar(&g.grace, "gc-grace", bucketgc.DefaultGrace, "GC never deletes objects younger than this")
+	fs.StringVar(&g.policy, "gc-policy", string(gc.ModeOrphans), "orphans: delete only nars no narinfo names; "+
+		"roots: also the substitutes neither a live Build nor a declared root (--gc-roots-key, --gc-keep-*) reaches")
+	fs.StringVar(&g.rootsKey, "gc-roots-key", "", "object of the bucket listing store paths to keep with their closures, one per line, e.g. gc/roots (policy roots)")
+	fs.StringVar(&g.selector, "gc-keep-selector", "", "label selector of Builds whose roots are declared kept, e.g. release=2026.1 (policy roots)")
+	fs.DurationVar(&g.maxAge, "gc-keep-max-age", 0, "keep everything published within this duration, e.g. 720h (policy roots; 0: off)")
+	fs.Func("gc-keep-name", "keep store paths whose name matches this glob, e.g. 'guile-*' (policy roots; repeatable)", func(s string) error {
+		g.names = append(g.names, s)
+		return nil
+	})
+	fs.BoolVar(&g.dryRun, "gc-dry-run", false, "log what GC would delete and why, delete nothing")
+}
+
+// add adds the GC Scheduler to mgr: the farm's Builds are roots, the declared policy (if any)
+// adds more, and deletions are told to the availability owner. A bad configuration is refused
+// here, at start, not at every run.
+func (g *gcFlags) add(mgr ctrl.Manager, bcfg bucket.Config, facts build.FactsSource, farm *controllers.Farm, log logr.Logger) error {
+	mode, err := gc.ParseMode(g.policy)
+	if err != nil {
+		return fmt.Errorf("--gc-policy: %w", err)
+	}
+	s3, err := bucket.NewClient(bcfg)
+	if err != nil {
+		return err
+	}
+	opts := bucketgc.Options{Client: s3, Bucket: bcfg.Bucket, Grace: g.grace, Mode: mode, DryRun: g.dryRun, Log: log,
+		Roots:     controllers.BuildRoots{Client: mgr.GetClient(), Facts: facts},
+		RootsKey:  g.rootsKey,
+		Keep:      gc.RootSelector{MaxAge: g.maxAge, NameGlobs: g.names},
+		OnDeleted: controllers.OutputsDeleted(farm.Availability)}
+	if g.selector != "" {
+		sel, err := labels.Parse(g.selector)
+		if err != nil {
+			return fmt.Errorf("--gc-keep-selector %q: %w (want a label selector, e.g. release=2026.1)", g.selector, err)
+		}
+		opts.Declared = controllers.BuildRoots{Client: mgr.GetClient(), Facts: facts, Selector: client.MatchingLabelsSelector{Selector: sel}}
+	}
+	if err := opts.Validate(); err != nil {
+		return fmt.Errorf("GC flags (--gc-policy, --gc-roots-key, --gc-keep-*): %w", err)
+	}
+	gcm := bucketgc.NewMetrics(crmetrics.Registry)
+	return mgr.Add(&bucketgc.Scheduler{Interval: g.interval, Clock: clock.RealClock{}, Log: log, Options: opts,
+		OnReport: func(rep *bucketgc.Report, err error) {
+			gcm.Observe(rep, err)
+			if g.dryRun && rep != nil {
+				rep.LogLines(log)
+			}
+		}})
 }

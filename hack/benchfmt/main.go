@@ -101,6 +101,17 @@ var table = []figure{
 	{name: "sample-dag.agents", pkg: builderPkg, bench: "BenchmarkSampleDAG", metric: "farm-s", unit: "s", scale: 1,
 		base: baseline{label: "nix-store --realise -j 2, one daemon", bench: "BenchmarkSampleDAG", metric: "nix-s"}},
 
+	{name: "restart100k.first-plan", pkg: integrationPkg, bench: "BenchmarkControllerRestart", metric: "first-plan-s", unit: "s",
+		scale: 1, base: baseline{label: "creating the same Builds", bench: "BenchmarkControllerRestart", metric: "create-s"}},
+	{name: "restart100k.rss", pkg: integrationPkg, bench: "BenchmarkControllerRestart", metric: "peak-RSS-MiB", unit: "MiB",
+		scale: 1, base: targetMemory},
+	{name: "availability.heap-1M", pkg: "./internal/availability", bench: "BenchmarkOwnerMemory1M", metric: "heap-MiB",
+		unit: "MiB", scale: 1, base: baseline{label: "target", value: 256}},
+	{name: "lookups10k.per-reference", pkg: integrationPkg, bench: "BenchmarkBucketLookups10k", metric: "lookups",
+		unit: "lookups", scale: 1, base: baseline{label: "one per input reference", ratio: "x_per_reference"}},
+	{name: "lookups10k.per-plan", pkg: integrationPkg, bench: "BenchmarkBucketLookups10k", metric: "lookups-per-plan",
+		unit: "lookups/plan", scale: 1, base: baseline{label: "target", value: 0}},
+
 	{name: "signing.guix-sign", pkg: "./internal/signing", bench: "BenchmarkGuixSign", metric: "ns/op", unit: "µs/op", scale: nsToUs,
 		base: baseline{label: "Nix ed25519 sign", ratio: "x_ed25519_sign"}},
 	{name: "signing.guix-verify", pkg: "./internal/signing", bench: "BenchmarkGuixVerify", metric: "ns/op", unit: "µs/op", scale: nsToUs,

@@ -86,6 +86,19 @@ func (h *hasher) pathModulo(drvPath string) ([sha256.Size]byte, error) {
 // are ignored: they are recomputed from the masked ATerm, as nix-instantiate
 // and Guix do. Floating content-addressed outputs are not supported.
 func (d *Derivation) ComputeOutputPaths(dir storepath.Dir, name string, resolve Resolver) (map[string]string, error) {
+	return d.computeOutputPaths(dir, name, resolve, nil)
+}
+
+// HashCache remembers the modulo hashes of input derivations across calls, for a caller that
+// computes the paths of many derivations over one closure (a generator of synthetic
+// distributions): without it each call rehashes the whole closure below the derivation.
+type HashCache struct{ memo map[string][sha256.Size]byte }
+
+// NewHashCache returns an empty HashCache. Its entries must stay true: the resolver it is used
+// with must always return the same derivation for a path.
+func NewHashCache() *HashCache { return &HashCache{memo: map[string][sha256.Size]byte{}} }
+
+func (d *Derivation) computeOutputPaths(dir storepath.Dir, name string, resolve Resolver, cache *HashCache) (map[string]string, error) {
 	if d.IsFixedOutput() {
 		o := d.Outputs[0]
 		raw, err := hex.DecodeString(o.Hash)
@@ -103,7 +116,11 @@ func (d *Derivation) ComputeOutputPaths(dir storepath.Dir, name string, resolve 
 			return nil, fmt.Errorf("derivation %s: output %s is content-addressed (%s), which is not supported; use fixed-output or input-addressed outputs", name, o.Name, o.HashAlgo)
 		}
 	}
-	h := &hasher{resolve: resolve, memo: map[string][sha256.Size]byte{}, active: map[string]bool{}}
+	memo := map[string][sha256.Size]byte{}
+	if cache != nil {
+		memo = cache.memo
+	}
+	h := &hasher{resolve: resolve, memo: memo, active: map[string]bool{}}
 	sum, err := h.modulo(d, true)
 	if err != nil {
 		return nil, fmt.Errorf("derivation %s: %w", name, err)
@@ -123,13 +140,18 @@ func (d *Derivation) ComputeOutputPaths(dir storepath.Dir, name string, resolve 
 // the matching environment variables (added if missing), then canonicalizes d.
 // Synthetic test farms use it to make valid derivations.
 func (d *Derivation) FillOutputPaths(dir storepath.Dir, name string, resolve Resolver) error {
+	return d.FillOutputPathsCached(dir, name, resolve, nil)
+}
+
+// FillOutputPathsCached is FillOutputPaths reusing (and filling) cache's modulo hashes.
+func (d *Derivation) FillOutputPathsCached(dir storepath.Dir, name string, resolve Resolver, cache *HashCache) error {
 	for _, o := range d.Outputs {
 		if _, ok := d.Getenv(o.Name); !ok {
 			d.Env = append(d.Env, EnvVar{Key: o.Name})
 		}
 	}
 	d.Canonicalize()
-	paths, err := d.ComputeOutputPaths(dir, name, resolve)
+	paths, err := d.computeOutputPaths(dir, name, resolve, cache)
 	if err != nil {
 		return err
 	}

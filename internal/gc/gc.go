@@ -2,12 +2,15 @@
 // reference-aware garbage collection plan over narinfos and nars, with no
 // I/O (the S3 side is internal/gc/bucketgc).
 //
-// A narinfo is kept while it is reachable through References from a root,
-// or from anything else that is kept (a narinfo younger than the grace
-// period, one the RootSelector picks, one that cannot be parsed). The kept
-// set is closed under References, so a client that can fetch a kept item
-// can fetch its whole closure. A nar is kept while a kept narinfo points
-// at it. See docs/gc.md.
+// What may go depends on the Mode. ModeOrphans (the default) deletes only
+// garbage by construction: nars no narinfo names. ModeRoots, which takes a
+// declared keep policy, also deletes substitutes: a narinfo is kept while it
+// is reachable through References from a root, or from anything else that
+// is kept (a narinfo younger than the grace period, one the RootSelector
+// picks, one that cannot be parsed). The kept set is closed under
+// References, so a client that can fetch a kept item can fetch its whole
+// closure. In both modes a nar is kept while a kept narinfo points at it.
+// See docs/gc.md.
 package gc
 
 import (
@@ -34,6 +37,9 @@ type NarInfo struct {
 	StorePath  string
 	References []string
 	URL        string
+	// Deriver is the narinfo's Deriver (a .drv base name), if any: the farm
+	// maps a deleted output to the derivation that rebuilds it.
+	Deriver string
 	// Size, LastModified and ETag are the object's, from the listing; ETag
 	// is carried to the plan for the re-check before deletion.
 	Size         int64
@@ -41,7 +47,8 @@ type NarInfo struct {
 	ETag         string
 	// Err, when set, says why the narinfo could not be parsed. Such a
 	// narinfo is kept and reported: the collector never deletes what it
-	// cannot read.
+	// cannot read. URL may still be set (read leniently), so its nar is
+	// kept too.
 	Err string
 }
 
@@ -95,20 +102,53 @@ func (s RootSelector) Validate() error {
 	return nil
 }
 
+// Mode says what a plan may delete.
+type Mode string
+
+const (
+	// ModeOrphans deletes only garbage by construction: nars no narinfo
+	// names (a publisher that died between its nar and its narinfo), older
+	// than the grace. Every narinfo stays, whatever roots say: without a
+	// declared keep policy nobody said which substitutes may go. It is the
+	// zero value's meaning.
+	ModeOrphans Mode = "orphans"
+	// ModeRoots also deletes the narinfos no kept root reaches, and the
+	// nars only they point at. It takes a declared keep policy (roots by
+	// tag, a roots list, a RootSelector): the caller checks that one is.
+	ModeRoots Mode = "roots"
+)
+
+// ParseMode reads a mode as flags and values spell it; "" is ModeOrphans.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case "":
+		return ModeOrphans, nil
+	case ModeOrphans, ModeRoots:
+		return m, nil
+	}
+	return "", fmt.Errorf("gc: policy %q: want %q (delete only orphan nars) or %q (also substitutes no declared root reaches)",
+		s, ModeOrphans, ModeRoots)
+}
+
 // Policy is how the plan is made.
 type Policy struct {
+	// Mode says what may go (default ModeOrphans).
+	Mode Mode
 	// Grace protects young objects: a narinfo or nar whose LastModified is
 	// within Grace of now is never deleted (an upload in flight between its
 	// nar and its narinfo, a publisher racing the collector). Young
 	// narinfos are also roots.
 	Grace time.Duration
-	// Keep selects configured roots.
+	// Keep selects configured roots (ModeRoots).
 	Keep RootSelector
 	// DeleteMissingNar deletes narinfos whose nar is not in the bucket,
 	// rooted or not: such a narinfo promises what the bucket cannot serve.
 	// Without it they are only reported.
 	DeleteMissingNar bool
 }
+
+// young reports whether an object modified at t is within the grace.
+func (p Policy) young(t, now time.Time) bool { return now.Sub(t) < p.Grace }
 
 // Kind of object.
 type Kind string
@@ -147,6 +187,12 @@ type Action struct {
 	ETag         string
 	// NarKey is, for a narinfo, the nar it points at.
 	NarKey string
+	// Deriver is, for a narinfo, its Deriver (see NarInfo.Deriver).
+	Deriver string
+	// Reachable is, for a narinfo with a missing nar, whether the plan
+	// keeps it but for that (a root reaches it, or the policy keeps every
+	// narinfo): such a narinfo is only reported, unless DeleteMissingNar.
+	Reachable bool
 	// NarInfos are, for a nar of deleted narinfos, the keys of those
 	// narinfos: the nar may go only once all of them are gone.
 	NarInfos []string
@@ -182,6 +228,10 @@ type Plan struct {
 	// nar (without DeleteMissingNar) and unreadable.
 	Reports []Action
 	Stats   Stats
+
+	// policy and now made the plan; Why explains its actions with them.
+	policy Policy
+	now    time.Time
 }
 
 // HashPart returns the hash part of a store path, base name or narinfo
@@ -231,25 +281,122 @@ func Compute(inv *Inventory, roots []string, p Policy, now time.Time) (*Plan, er
 	if p.Grace < 0 {
 		return nil, fmt.Errorf("gc: Policy.Grace %v is negative", p.Grace)
 	}
+	var err error
+	if p.Mode, err = ParseMode(string(p.Mode)); err != nil {
+		return nil, err
+	}
 	prefix := inv.NarPrefix
 	if prefix == "" {
 		prefix = DefaultNarPrefix
 	}
-	young := func(t time.Time) bool { return now.Sub(t) < p.Grace }
-
-	n := len(inv.NarInfos)
-	plan := &Plan{Stats: Stats{NarInfos: n, Nars: len(inv.Nars)}}
+	plan := &Plan{Stats: Stats{NarInfos: len(inv.NarInfos), Nars: len(inv.Nars)}, policy: p, now: now}
 	st := &plan.Stats
+	var kept []bool
+	if p.Mode == ModeOrphans {
+		// No substitute may go: every narinfo is kept, so only the nars
+		// none names are left to collect.
+		kept = make([]bool, len(inv.NarInfos))
+		for i := range kept {
+			kept[i] = true
+		}
+	} else {
+		kept = markReachable(inv, roots, p, now, st)
+	}
 
-	byHash := make(map[string]int32, n)
+	// Nars: which are listed, which a kept narinfo points at.
+	narIdx := make(map[string]int32, len(inv.Nars))
+	for i := range inv.Nars {
+		narIdx[inv.Nars[i].Key] = int32(i)
+	}
+	const (
+		narUnpointed uint8 = iota
+		narOfDeleted
+		narKept
+	)
+	narState := make([]uint8, len(inv.Nars))
+	var ofDeleted map[int32][]string // nar → deleted narinfos pointing at it
+	for i := range inv.NarInfos {
+		ni := &inv.NarInfos[i]
+		if ni.Err != "" {
+			st.Unreadable++
+			plan.Reports = append(plan.Reports, narInfoAction(ni, ReasonUnreadable, ""))
+			if j, ok := narIdx[narKey(ni.URL, prefix)]; ok {
+				narState[j] = narKept // what the collector cannot read still names its nar
+			}
+			continue
+		}
+		key := narKey(ni.URL, prefix)
+		if key == "" {
+			st.ExternalURLs++
+			if kept[i] {
+				st.KeptNarInfos++
+			} else {
+				plan.DeleteNarInfos = append(plan.DeleteNarInfos, narInfoAction(ni, ReasonUnreachable, ""))
+			}
+			continue
+		}
+		j, present := narIdx[key]
+		if !present {
+			st.MissingNars++
+			a := narInfoAction(ni, ReasonMissingNar, key)
+			a.Reachable = kept[i]
+			if p.DeleteMissingNar || !kept[i] {
+				plan.DeleteNarInfos = append(plan.DeleteNarInfos, a)
+			} else {
+				plan.Reports = append(plan.Reports, a)
+				st.KeptNarInfos++
+			}
+			continue
+		}
+		if kept[i] {
+			st.KeptNarInfos++
+			narState[j] = narKept
+			continue
+		}
+		plan.DeleteNarInfos = append(plan.DeleteNarInfos, narInfoAction(ni, ReasonUnreachable, key))
+		if narState[j] != narKept {
+			narState[j] = narOfDeleted
+			if ofDeleted == nil {
+				ofDeleted = map[int32][]string{}
+			}
+			ofDeleted[j] = append(ofDeleted[j], ni.Key)
+		}
+	}
+	for j := range inv.Nars {
+		nar := &inv.Nars[j]
+		if narState[j] == narKept || p.young(nar.LastModified, now) {
+			st.KeptNars++
+			st.KeptNarBytes += nar.Size
+			continue
+		}
+		a := Action{Kind: KindNar, Key: nar.Key, Size: nar.Size, LastModified: nar.LastModified, ETag: nar.ETag}
+		if narState[j] == narOfDeleted {
+			a.Reason = ReasonNarOfDeleted
+			a.NarInfos = ofDeleted[int32(j)]
+			slices.Sort(a.NarInfos)
+		} else {
+			a.Reason = ReasonOrphan
+		}
+		plan.DeleteNars = append(plan.DeleteNars, a)
+	}
+	byKey := func(a, b Action) int { return strings.Compare(a.Key, b.Key) }
+	slices.SortFunc(plan.DeleteNarInfos, byKey)
+	slices.SortFunc(plan.DeleteNars, byKey)
+	slices.SortFunc(plan.Reports, byKey)
+	return plan, nil
+}
+
+// markReachable marks the narinfos kept in ModeRoots: the roots, the young,
+// the unreadable and the selected ones, and everything they reach through
+// References.
+func markReachable(inv *Inventory, roots []string, p Policy, now time.Time, st *Stats) []bool {
+	byHash := make(map[string]int32, len(inv.NarInfos))
 	for i := range inv.NarInfos {
 		if h := HashPart(inv.NarInfos[i].Key); h != "" {
 			byHash[h] = int32(i)
 		}
 	}
-
-	// Mark the starting points, then walk References.
-	kept := make([]bool, n)
+	kept := make([]bool, len(inv.NarInfos))
 	stack := make([]int32, 0, 1024)
 	push := func(i int32) {
 		if !kept[i] {
@@ -279,7 +426,7 @@ func Compute(inv *Inventory, roots []string, p Policy, now time.Time) (*Plan, er
 		case kept[i]:
 		case ni.Err != "":
 			push(int32(i))
-		case young(ni.LastModified):
+		case p.young(ni.LastModified, now):
 			st.Young++
 			push(int32(i))
 		case p.Keep.MaxAge > 0 && now.Sub(ni.LastModified) < p.Keep.MaxAge,
@@ -300,89 +447,12 @@ func Compute(inv *Inventory, roots []string, p Policy, now time.Time) (*Plan, er
 			push(j)
 		}
 	}
-
-	// Nars: which are listed, which a kept narinfo points at.
-	narIdx := make(map[string]int32, len(inv.Nars))
-	for i := range inv.Nars {
-		narIdx[inv.Nars[i].Key] = int32(i)
-	}
-	const (
-		narUnpointed uint8 = iota
-		narOfDeleted
-		narKept
-	)
-	narState := make([]uint8, len(inv.Nars))
-	var ofDeleted map[int32][]string // nar → deleted narinfos pointing at it
-	for i := range inv.NarInfos {
-		ni := &inv.NarInfos[i]
-		if ni.Err != "" {
-			st.Unreadable++
-			plan.Reports = append(plan.Reports, narInfoAction(ni, ReasonUnreadable, ""))
-			continue
-		}
-		key := narKey(ni.URL, prefix)
-		if key == "" {
-			st.ExternalURLs++
-			if kept[i] {
-				st.KeptNarInfos++
-			} else {
-				plan.DeleteNarInfos = append(plan.DeleteNarInfos, narInfoAction(ni, ReasonUnreachable, ""))
-			}
-			continue
-		}
-		j, present := narIdx[key]
-		if !present {
-			st.MissingNars++
-			a := narInfoAction(ni, ReasonMissingNar, key)
-			if p.DeleteMissingNar || !kept[i] {
-				plan.DeleteNarInfos = append(plan.DeleteNarInfos, a)
-			} else {
-				plan.Reports = append(plan.Reports, a)
-				st.KeptNarInfos++
-			}
-			continue
-		}
-		if kept[i] {
-			st.KeptNarInfos++
-			narState[j] = narKept
-			continue
-		}
-		plan.DeleteNarInfos = append(plan.DeleteNarInfos, narInfoAction(ni, ReasonUnreachable, key))
-		if narState[j] != narKept {
-			narState[j] = narOfDeleted
-			if ofDeleted == nil {
-				ofDeleted = map[int32][]string{}
-			}
-			ofDeleted[j] = append(ofDeleted[j], ni.Key)
-		}
-	}
-	for j := range inv.Nars {
-		nar := &inv.Nars[j]
-		if narState[j] == narKept || young(nar.LastModified) {
-			st.KeptNars++
-			st.KeptNarBytes += nar.Size
-			continue
-		}
-		a := Action{Kind: KindNar, Key: nar.Key, Size: nar.Size, LastModified: nar.LastModified, ETag: nar.ETag}
-		if narState[j] == narOfDeleted {
-			a.Reason = ReasonNarOfDeleted
-			a.NarInfos = ofDeleted[int32(j)]
-			slices.Sort(a.NarInfos)
-		} else {
-			a.Reason = ReasonOrphan
-		}
-		plan.DeleteNars = append(plan.DeleteNars, a)
-	}
-	byKey := func(a, b Action) int { return strings.Compare(a.Key, b.Key) }
-	slices.SortFunc(plan.DeleteNarInfos, byKey)
-	slices.SortFunc(plan.DeleteNars, byKey)
-	slices.SortFunc(plan.Reports, byKey)
-	return plan, nil
+	return kept
 }
 
 func narInfoAction(ni *NarInfo, r Reason, narKey string) Action {
 	return Action{Kind: KindNarInfo, Key: ni.Key, Reason: r, StorePath: ni.StorePath, Size: ni.Size,
-		LastModified: ni.LastModified, ETag: ni.ETag, NarKey: narKey, Detail: ni.Err}
+		LastModified: ni.LastModified, ETag: ni.ETag, NarKey: narKey, Deriver: ni.Deriver, Detail: ni.Err}
 }
 
 func matchAny(globs []string, name string) bool {
@@ -407,4 +477,35 @@ func (p *Plan) DeletedStorePaths() []string {
 		}
 	}
 	return out
+}
+
+// Why says, for people, why the plan deletes or reports a: what kept it
+// from being kept, with its age against the grace and the policy's age
+// rule. It is computed on demand (reports, dry runs), not for every
+// action of a plan.
+func (p *Plan) Why(a Action) string {
+	age := fmt.Sprintf("%s (%s ago)", a.LastModified.UTC().Format(time.RFC3339), p.now.Sub(a.LastModified).Round(time.Second))
+	switch a.Reason {
+	case ReasonUnreachable:
+		rule := fmt.Sprintf("older than the grace (%s)", p.policy.Grace)
+		if p.policy.Keep.MaxAge > 0 {
+			rule += fmt.Sprintf(" and the keep max age (%s)", p.policy.Keep.MaxAge)
+		}
+		return fmt.Sprintf("no kept root reaches it (policy %s); published %s, %s", p.policy.Mode, age, rule)
+	case ReasonMissingNar:
+		switch {
+		case !a.Reachable:
+			return fmt.Sprintf("its nar %s is not in the bucket, and no kept root reaches it", a.NarKey)
+		case p.policy.DeleteMissingNar:
+			return fmt.Sprintf("its nar %s is not in the bucket, and missing nars are deleted: it promises what the bucket cannot serve", a.NarKey)
+		}
+		return fmt.Sprintf("its nar %s is not in the bucket; kept, as something keeps it: delete it by hand or with DeleteMissingNar to have it rebuilt", a.NarKey)
+	case ReasonOrphan:
+		return fmt.Sprintf("no narinfo names it; uploaded %s, older than the grace (%s)", age, p.policy.Grace)
+	case ReasonNarOfDeleted:
+		return fmt.Sprintf("only narinfos this run deletes point at it (%s); uploaded %s", strings.Join(a.NarInfos, ", "), age)
+	case ReasonUnreadable:
+		return "cannot be parsed, so it is kept (with its nar, when its URL line is readable): fix or delete it by hand"
+	}
+	return string(a.Reason)
 }

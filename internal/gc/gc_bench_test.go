@@ -108,7 +108,7 @@ func BenchmarkGCPlan1M(b *testing.B) {
 	runtime.ReadMemStats(&after)
 	invMiB := float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20)
 
-	policy := Policy{Grace: 24 * time.Hour, Keep: RootSelector{NameGlobs: []string{"pkg-1234*"}}}
+	policy := Policy{Mode: ModeRoots, Grace: 24 * time.Hour, Keep: RootSelector{NameGlobs: []string{"pkg-1234*"}}}
 	// The baseline runs before each plan, so both see the same machine
 	// load; CPU time (getrusage) is reported besides wall time because the
 	// test machine is shared.

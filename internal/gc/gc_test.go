@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,6 +35,8 @@ type item struct {
 	noNar bool   // the nar is not in the bucket
 	url   string // overrides the URL
 	bad   bool   // unreadable
+	// badURL: unreadable, but its URL line is read (leniently)
+	badURL bool
 }
 
 // inventory builds an inventory from items and extra (orphan) nars with
@@ -54,8 +57,12 @@ func inventory(items map[string]item, orphans map[string]time.Duration) *Invento
 		if it.url != "" {
 			ni.URL = it.url
 		}
-		if it.bad {
-			ni = NarInfo{Key: ni.Key, Size: 10, LastModified: ni.LastModified, Err: "narinfo line 1: broken"}
+		if it.bad || it.badURL {
+			url := ""
+			if it.badURL {
+				url = ni.URL
+			}
+			ni = NarInfo{Key: ni.Key, Size: 10, LastModified: ni.LastModified, URL: url, Err: "narinfo line 1: broken"}
 		}
 		inv.NarInfos = append(inv.NarInfos, ni)
 		if !it.noNar && it.url == "" {
@@ -216,6 +223,45 @@ func TestCompute(t *testing.T) {
 			roots:    []string{"kept"},
 			narInfos: map[string]Reason{"gone": ReasonUnreachable},
 		},
+		"unreadable narinfo whose URL is read keeps its nar": {
+			items:   map[string]item{"bad": {age: old, badURL: true}},
+			reports: map[string]Reason{"bad": ReasonUnreadable},
+		},
+		"orphans policy: only orphan nars older than the grace go": {
+			items: map[string]item{
+				"a":           {refs: []string{"b"}, age: old},
+				"b":           {age: old},
+				"unreachable": {age: old},
+				"shared-1":    {age: old, nar: "shared"},
+				"shared-2":    {age: old, nar: "shared"},
+			},
+			orphans: map[string]time.Duration{"crashed": grace + time.Second, "inflight": grace - time.Second},
+			policy:  Policy{Mode: ModeOrphans},
+			nars:    map[string]Reason{"crashed": ReasonOrphan},
+			stats:   &Stats{NarInfos: 5, Nars: 6, KeptNarInfos: 5, KeptNars: 5, KeptNarBytes: 5000},
+		},
+		"orphans policy: roots and selectors change nothing": {
+			items:  map[string]item{"a": {age: old}, "b": {age: old}},
+			roots:  []string{"a"},
+			policy: Policy{Mode: ModeOrphans, Keep: RootSelector{MaxAge: time.Hour}},
+			stats:  &Stats{NarInfos: 2, Nars: 2, KeptNarInfos: 2, KeptNars: 2, KeptNarBytes: 2000},
+		},
+		"orphans policy: a narinfo with a missing nar is reported, not deleted": {
+			items:   map[string]item{"a": {age: old, noNar: true}},
+			policy:  Policy{Mode: ModeOrphans},
+			reports: map[string]Reason{"a": ReasonMissingNar},
+		},
+		"orphans policy: a missing nar's narinfo goes when asked": {
+			items:    map[string]item{"a": {age: old, noNar: true}},
+			policy:   Policy{Mode: ModeOrphans, DeleteMissingNar: true},
+			narInfos: map[string]Reason{"a": ReasonMissingNar},
+		},
+		"orphans policy: an unreadable narinfo's nar stays when its URL is read": {
+			items:   map[string]item{"bad": {age: old, badURL: true}, "worse": {age: old, bad: true}},
+			policy:  Policy{Mode: ModeOrphans},
+			reports: map[string]Reason{"bad": ReasonUnreadable, "worse": ReasonUnreadable},
+			nars:    map[string]Reason{"worse": ReasonOrphan},
+		},
 		"selector MaxAge keeps the last days and their closure": {
 			items: map[string]item{
 				"recent": {refs: []string{"dep"}, age: 3 * 24 * time.Hour},
@@ -247,6 +293,9 @@ func TestCompute(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if tc.policy.Grace == 0 {
 				tc.policy.Grace = grace
+			}
+			if tc.policy.Mode == "" {
+				tc.policy.Mode = ModeRoots
 			}
 			var roots []string
 			for _, r := range tc.roots {
@@ -371,7 +420,7 @@ func TestUnrootAcceptance(t *testing.T) {
 	}
 	for name, s := range steps {
 		t.Run(name, func(t *testing.T) {
-			plan, err := Compute(inv, s.roots, Policy{Grace: grace}, s.at)
+			plan, err := Compute(inv, s.roots, Policy{Mode: ModeRoots, Grace: grace}, s.at)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -387,6 +436,7 @@ func TestComputeErrors(t *testing.T) {
 		"bad glob":         {Grace: grace, Keep: RootSelector{NameGlobs: []string{"[a-"}}},
 		"negative grace":   {Grace: -time.Second},
 		"negative max age": {Grace: grace, Keep: RootSelector{MaxAge: -time.Hour}},
+		"unknown mode":     {Grace: grace, Mode: "everything"},
 	}
 	for name, p := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -394,6 +444,71 @@ func TestComputeErrors(t *testing.T) {
 				t.Fatal("no error")
 			}
 		})
+	}
+}
+
+// TestZeroPolicyDeletesNoSubstitute: a Policy nobody set a mode on is the
+// orphans policy, so forgetting the mode never deletes a substitute.
+func TestZeroPolicyDeletesNoSubstitute(t *testing.T) {
+	inv := inventory(map[string]item{"a": {age: old}}, map[string]time.Duration{"crashed": old})
+	plan, err := Compute(inv, nil, Policy{Grace: grace}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.DeleteNarInfos) != 0 || len(plan.DeleteNars) != 1 || plan.DeleteNars[0].Reason != ReasonOrphan {
+		t.Errorf("plan deletes narinfos %+v and nars %+v; want only the orphan nar", plan.DeleteNarInfos, plan.DeleteNars)
+	}
+}
+
+// TestWhy: each deletion says why, with its age against the grace and the
+// age rule.
+func TestWhy(t *testing.T) {
+	inv := inventory(map[string]item{
+		"gone":    {age: 48 * time.Hour},
+		"missing": {age: old, noNar: true},
+	}, map[string]time.Duration{"crashed": 30 * time.Hour})
+	plan, err := Compute(inv, nil, Policy{Mode: ModeRoots, Grace: grace, Keep: RootSelector{MaxAge: 36 * time.Hour}}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, a := range append(plan.DeleteNarInfos, plan.DeleteNars...) {
+		got[string(a.Reason)] = plan.Why(a)
+	}
+	want := map[string]string{
+		"unreachable":    "no kept root reaches it (policy roots); published 2026-11-22T12:00:00Z (48h0m0s ago), older than the grace (24h0m0s) and the keep max age (36h0m0s)",
+		"missing-nar":    "its nar " + narKeyOf("missing") + " is not in the bucket, and no kept root reaches it",
+		"orphan":         "no narinfo names it; uploaded 2026-11-23T06:00:00Z (30h0m0s ago), older than the grace (24h0m0s)",
+		"nar-of-deleted": "only narinfos this run deletes point at it (" + hash("gone") + ".narinfo); uploaded 2026-11-22T12:00:00Z (48h0m0s ago)",
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+}
+
+func TestParseMode(t *testing.T) {
+	for in, want := range map[string]Mode{"": ModeOrphans, "orphans": ModeOrphans, "roots": ModeRoots} {
+		if got, err := ParseMode(in); err != nil || got != want {
+			t.Errorf("ParseMode(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := ParseMode("age"); err == nil {
+		t.Error("ParseMode(age): no error")
+	}
+}
+
+func TestParseRootsList(t *testing.T) {
+	list := "# the 2026.1 release\n\n" + path_("guile") + "\n  " + base("hello") + "  \n"
+	got, err := ParseRootsList(strings.NewReader(list), "roots")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{path_("guile"), base("hello")}, got); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+	_, err = ParseRootsList(strings.NewReader(path_("guile")+"\nguile\n"), "s3://b/gc/roots")
+	if err == nil || !strings.Contains(err.Error(), "s3://b/gc/roots line 2") {
+		t.Errorf("a bad line: %v, want an error naming the list and the line", err)
 	}
 }
 

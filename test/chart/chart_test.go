@@ -201,10 +201,23 @@ func TestTemplateFlags(t *testing.T) {
 			values: poolValues,
 			wantArgs: []string{"--namespace=", "--strategy=derivation-ordered", "--build-ttl=1h", "--drv-dir=/gnu/store",
 				"--store-dir=/gnu/store", "--bucket-endpoint=http://minio.guix-farm:9000", "--bucket=farm-cache",
-				"--gc-interval=6h", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+				"--gc-interval=6h", "--gc-policy=orphans", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
 				"--leader-elect=true", "--zap-log-level=info"},
 			wantBindKind: "ClusterRoleBinding",
 			wantPools:    []string{"custom", "x86-64"},
+		},
+		"GC with a declared keep policy": {
+			values: "{}",
+			set: []string{"controller.bucket.endpoint=minio:9000", "controller.bucket.name=c", "controller.bucket.gc.interval=6h",
+				"controller.bucket.gc.grace=12h", "controller.bucket.gc.policy=roots", "controller.bucket.gc.keep.rootsKey=gc/roots",
+				"controller.bucket.gc.keep.buildSelector=release in (2026.1)", "controller.bucket.gc.keep.maxAge=720h",
+				"controller.bucket.gc.keep.names={guile-*}", "controller.bucket.gc.dryRun=true"},
+			wantArgs: []string{"--namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--drv-dir=/gnu/store",
+				"--store-dir=/gnu/store", "--bucket-endpoint=minio:9000", "--bucket=c", "--gc-interval=6h", "--gc-grace=12h",
+				"--gc-policy=roots", "--gc-roots-key=gc/roots", "--gc-keep-selector=release in (2026.1)", "--gc-keep-max-age=720h",
+				"--gc-keep-name=guile-*", "--gc-dry-run", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+				"--leader-elect=false", "--zap-log-level=info"},
+			wantBindKind: "RoleBinding",
 		},
 		"derivations from the bucket only": {
 			values: "{}",
@@ -254,6 +267,26 @@ func TestTemplateRefusesNoDerivationSource(t *testing.T) {
 	out, err := h.run(t, "template", "guix-farm", chartDir, "--set", "controller.drvSource.dir=")
 	if err == nil || !strings.Contains(out, "no derivation source") {
 		t.Errorf("helm template without a derivation source: err %v, want a refusal naming it:\n%s", err, out)
+	}
+}
+
+// TestTemplateRefusesGCPolicyMismatch: deleting substitutes takes a declared keep policy, and a
+// keep policy with the orphans policy would be ignored: both are values errors.
+func TestTemplateRefusesGCPolicyMismatch(t *testing.T) {
+	h := newHelm(t)
+	on := "controller.bucket.endpoint=minio:9000,controller.bucket.name=c,controller.bucket.gc.interval=6h"
+	cases := map[string]struct{ set, want string }{
+		"roots without keep": {set: on + ",controller.bucket.gc.policy=roots", want: "no keep policy is declared"},
+		"keep with orphans":  {set: on + ",controller.bucket.gc.keep.maxAge=720h", want: "policy is orphans"},
+		"an unknown policy":  {set: on + ",controller.bucket.gc.policy=age", want: `policy "age"`},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			out, err := h.run(t, "template", "guix-farm", chartDir, "--set", c.set)
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Errorf("helm template: err %v, want a refusal containing %q:\n%s", err, c.want, out)
+			}
+		})
 	}
 }
 

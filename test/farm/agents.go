@@ -21,33 +21,8 @@ import (
 	"github.com/guixfarm/guix-farm/agent/buildstep"
 )
 
-var (
-	agentBinOnce sync.Once
-	agentBin     string
-	agentBinErr  error
-)
-
 // AgentBinary builds the real agent binary once per test binary.
-func AgentBinary(t testing.TB) string {
-	t.Helper()
-	agentBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "guix-farm-agent-bin-")
-		if err != nil {
-			agentBinErr = err
-			return
-		}
-		agentBin = filepath.Join(dir, "guix-farm-agent")
-		cmd := exec.Command("go", "build", "-o", agentBin, "./cmd/guix-farm-agent")
-		cmd.Dir = Root()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			agentBinErr = fmt.Errorf("building the agent: %v\n%s", err, out)
-		}
-	})
-	if agentBinErr != nil {
-		t.Fatal(agentBinErr)
-	}
-	return agentBin
-}
+func AgentBinary(t testing.TB) string { return Binary(t, "guix-farm-agent") }
 
 // AgentProcess is a real agent binary running with the test builder.
 type AgentProcess struct {

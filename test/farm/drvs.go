@@ -17,11 +17,13 @@ type Drvs struct {
 	Dir    string
 	Store  storepath.Dir
 	byPath map[string]*derivation.Derivation
+	hashes *derivation.HashCache // the inputs' modulo hashes: a big DAG is hashed once
 }
 
 // NewDrvs makes an empty drv directory under t.TempDir().
 func NewDrvs(t testing.TB) *Drvs {
-	return &Drvs{Dir: t.TempDir(), Store: storepath.DefaultDir, byPath: map[string]*derivation.Derivation{}}
+	return &Drvs{Dir: t.TempDir(), Store: storepath.DefaultDir, byPath: map[string]*derivation.Derivation{},
+		hashes: derivation.NewHashCache()}
 }
 
 // Add writes a derivation named name for system, depending on the "out" output of inputs (drv
@@ -47,7 +49,7 @@ func (d *Drvs) Add(t testing.TB, name, system string, salt int, inputs ...string
 		}
 		return nil, fmt.Errorf("unknown input %s", p)
 	}
-	if err := drv.FillOutputPaths(d.Store, name, resolve); err != nil {
+	if err := drv.FillOutputPathsCached(d.Store, name, resolve, d.hashes); err != nil {
 		t.Fatalf("computing output paths of %s: %v", name, err)
 	}
 	p, err := drv.DrvPath(d.Store, name)

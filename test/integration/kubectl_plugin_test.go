@@ -230,14 +230,5 @@ func TestKubectlPluginSubmitAndLogs(t *testing.T) {
 	}
 }
 
-// pluginBinary builds cmd/kubectl-guixfarm into the test's temporary directory.
-func pluginBinary(t testing.TB) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "kubectl-guixfarm")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/kubectl-guixfarm")
-	cmd.Dir = farm.Root()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the plugin: %v\n%s", err, out)
-	}
-	return bin
-}
+// pluginBinary builds cmd/kubectl-guixfarm once per test binary.
+func pluginBinary(t testing.TB) string { return farm.Binary(t, "kubectl-guixfarm") }

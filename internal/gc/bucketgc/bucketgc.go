@@ -5,6 +5,7 @@
 package bucketgc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,9 @@ const (
 	DefaultBatchSize = 1000
 	// maxNarInfoSize bounds a narinfo read (they are a few hundred bytes).
 	maxNarInfoSize = 1 << 20
+	// maxRootsListSize bounds the roots list read from the bucket (a
+	// million store paths is about 80 MiB; the tops of closures suffice).
+	maxRootsListSize = 128 << 20
 )
 
 // Options configure one run.
@@ -43,13 +47,30 @@ type Options struct {
 	// Grace protects objects younger than it (default DefaultGrace): an
 	// upload between its nar and its narinfo, a publisher racing GC.
 	Grace time.Duration
-	// Roots are the GC roots (live Builds' outputs, ...); Keep selects
-	// more among the bucket's narinfos (age, name globs, paths).
+
+	// Mode says what a run may delete (default gc.ModeOrphans: only nars
+	// no narinfo names). gc.ModeRoots also deletes the substitutes no kept
+	// root reaches, and takes a declared keep policy: Declared, RootsKey or
+	// Keep. Roots and the declared policy are only asked in ModeRoots.
+	Mode gc.Mode
+	// Roots are the farm's own roots: what its live Builds need and
+	// produced (controllers.BuildRoots).
 	Roots gc.Roots
-	Keep  gc.RootSelector
-	// AllowNoRoots lets a run go on when Roots returns nothing and Keep is
-	// empty; otherwise that is an error, since it would collect everything
-	// older than the grace (a misconfigured roots source, most likely).
+	// Declared are roots users declare outside the bucket: Builds by tag,
+	// a roots file.
+	Declared gc.Roots
+	// RootsKey names an object of the bucket listing roots, one store path
+	// per line (# comments), e.g. "gc/roots": what a distribution wants kept,
+	// such as its current release's closure. A run fails while it is
+	// missing: collecting without it would unroot that closure.
+	RootsKey string
+	// Keep selects more roots among the bucket's narinfos (age, name globs,
+	// paths).
+	Keep gc.RootSelector
+	// AllowNoRoots lets a ModeRoots run go on when all its sources return
+	// nothing and Keep is empty; otherwise that is an error, since it would
+	// collect everything older than the grace (a broken roots source, most
+	// likely).
 	AllowNoRoots bool
 	// DeleteMissingNar deletes narinfos whose nar is missing (they are
 	// always reported).
@@ -63,10 +84,12 @@ type Options struct {
 	NarPrefix string
 
 	// OnDeleted, when set, is called once per run with the store paths of
-	// the narinfos deleted, after they are gone and before their nars are
+	// the narinfos deleted and, index by index, their Deriver ("" when the
+	// narinfo names none), after they are gone and before their nars are
 	// deleted: the controller marks those outputs unavailable, so no build
-	// waits on them.
-	OnDeleted func(storePaths []string)
+	// waits on them, and finds the derivations that rebuild them even when
+	// no Build of theirs is left.
+	OnDeleted func(storePaths, derivers []string)
 
 	// Clock gives "now" (default the real clock).
 	Clock clock.PassiveClock
@@ -104,7 +127,39 @@ func (o Options) withDefaults() (Options, error) {
 	if err := o.Keep.Validate(); err != nil {
 		return o, err
 	}
-	return o, nil
+	if strings.HasPrefix(o.RootsKey, o.NarPrefix) {
+		return o, fmt.Errorf("bucketgc: Options.RootsKey %q is under the nar prefix %q, where GC deletes what no narinfo names: put it elsewhere, e.g. gc/roots", o.RootsKey, o.NarPrefix)
+	}
+	return o, o.checkPolicy()
+}
+
+// Validate checks the options as a run would, so a controller can refuse a
+// bad configuration at start rather than at every scheduled run.
+func (o Options) Validate() error {
+	_, err := o.withDefaults()
+	return err
+}
+
+// checkPolicy refuses a mode that does not match what is declared: deleting
+// substitutes takes a declared keep policy, and a keep policy given with
+// ModeOrphans would be silently ignored.
+func (o *Options) checkPolicy() error {
+	mode, err := gc.ParseMode(string(o.Mode))
+	if err != nil {
+		return fmt.Errorf("bucketgc: Options.Mode: %w", err)
+	}
+	o.Mode = mode
+	declared := o.Declared != nil || o.RootsKey != "" || !o.Keep.Empty()
+	switch {
+	case mode == gc.ModeRoots && !declared:
+		return errors.New("bucketgc: policy roots deletes the substitutes no kept root reaches, and needs a declared keep policy: " +
+			"roots by tag (Declared), a roots list in the bucket (RootsKey), or Keep (max age, name globs, paths); " +
+			"without one, use policy orphans, which deletes only orphan nars")
+	case mode == gc.ModeOrphans && declared:
+		return errors.New("bucketgc: a keep policy (Declared, RootsKey or Keep) is given with policy orphans, which deletes no substitute " +
+			"whatever it says: set policy roots to delete what it does not keep, or drop it")
+	}
+	return nil
 }
 
 // Run collects garbage once. It returns the report even on error, with
@@ -118,14 +173,14 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	r := &run{opts: opts, log: opts.Log.WithValues("bucket", opts.Bucket), interned: map[string]string{}}
 	start := opts.Clock.Now()
-	r.report = &Report{Bucket: opts.Bucket, DryRun: opts.DryRun, Started: start}
+	r.report = &Report{Bucket: opts.Bucket, DryRun: opts.DryRun, Mode: opts.Mode, Started: start}
 	err = r.do(ctx, start)
 	r.report.Finished = opts.Clock.Now()
 	r.report.finish()
 	if err != nil {
 		return r.report, err
 	}
-	r.log.Info("gc done", "dryRun", opts.DryRun,
+	r.log.Info("gc done", "policy", opts.Mode, "dryRun", opts.DryRun,
 		"keptNarInfos", r.report.Stats.KeptNarInfos, "deletedNarInfos", r.report.DeletedNarInfos,
 		"deletedNars", r.report.DeletedNars, "deletedBytes", r.report.DeletedBytes,
 		"skipped", r.report.Skipped, "missingNars", r.report.Stats.MissingNars)
@@ -136,6 +191,7 @@ type run struct {
 	opts   Options
 	log    logr.Logger
 	report *Report
+	plan   *gc.Plan // the final plan, which explains its actions
 
 	mu       sync.Mutex
 	interned map[string]string // reference hash parts
@@ -143,16 +199,9 @@ type run struct {
 
 func (r *run) do(ctx context.Context, now time.Time) error {
 	o := r.opts
-	var roots []string
-	if o.Roots != nil {
-		var err error
-		if roots, err = o.Roots.Roots(ctx); err != nil {
-			return fmt.Errorf("bucketgc: getting GC roots: %w (not collecting without them)", err)
-		}
-	}
-	if len(roots) == 0 && o.Keep.Empty() && !o.AllowNoRoots {
-		return errors.New("bucketgc: no GC roots and no Keep selector: this run would delete everything older than the grace period; " +
-			"check the roots source, or set AllowNoRoots (--allow-no-roots) if that is meant")
+	roots, err := r.roots(ctx)
+	if err != nil {
+		return err
 	}
 
 	listed, err := r.listNarInfos(ctx)
@@ -168,7 +217,7 @@ func (r *run) do(ctx context.Context, now time.Time) error {
 	if inv.Nars, err = r.listNars(ctx); err != nil {
 		return err
 	}
-	policy := gc.Policy{Grace: o.Grace, Keep: o.Keep, DeleteMissingNar: o.DeleteMissingNar}
+	policy := gc.Policy{Mode: o.Mode, Grace: o.Grace, Keep: o.Keep, DeleteMissingNar: o.DeleteMissingNar}
 	plan, err := gc.Compute(inv, roots, policy, now)
 	if err != nil {
 		return err
@@ -189,20 +238,73 @@ func (r *run) do(ctx context.Context, now time.Time) error {
 			}
 		}
 	}
+	r.plan = plan
 	r.report.Stats = plan.Stats
 	for _, a := range plan.Reports {
-		r.report.add(a, OutcomeReported, a.Detail)
+		r.record(a, OutcomeReported, a.Detail)
 	}
 	if o.DryRun {
 		for _, a := range plan.DeleteNarInfos {
-			r.report.add(a, OutcomeWouldDelete, "")
+			r.record(a, OutcomeWouldDelete, "")
 		}
 		for _, a := range plan.DeleteNars {
-			r.report.add(a, OutcomeWouldDelete, "")
+			r.record(a, OutcomeWouldDelete, "")
 		}
 		return nil
 	}
 	return r.delete(ctx, plan)
+}
+
+// roots gathers a ModeRoots run's roots: the farm's, the declared ones and
+// the bucket's roots list. Any source's error aborts the run: a partial
+// root set would make roots look like garbage. A ModeOrphans run needs none.
+func (r *run) roots(ctx context.Context) ([]string, error) {
+	o := r.opts
+	if o.Mode != gc.ModeRoots {
+		return nil, nil
+	}
+	roots, err := gc.MultiRoots{o.Roots, o.Declared}.Roots(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("bucketgc: getting GC roots: %w (not collecting without them)", err)
+	}
+	if o.RootsKey != "" {
+		list, err := r.readRootsList(ctx)
+		if err != nil {
+			return nil, err
+		}
+		roots = append(roots, list...)
+	}
+	if len(roots) == 0 && o.Keep.Empty() && !o.AllowNoRoots {
+		return nil, errors.New("bucketgc: no GC roots and no Keep selector: this run would delete everything older than the grace period; " +
+			"check the roots sources and the roots list, or set AllowNoRoots (--allow-no-roots) if that is meant")
+	}
+	return roots, nil
+}
+
+// readRootsList reads the RootsKey object.
+func (r *run) readRootsList(ctx context.Context) ([]string, error) {
+	key := r.opts.RootsKey
+	obj, err := r.opts.Client.GetObject(ctx, r.opts.Bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, r.explain(err, key, "reading the roots list")
+	}
+	defer obj.Close()
+	data, err := io.ReadAll(io.LimitReader(obj, maxRootsListSize+1))
+	switch {
+	case isNotFound(err):
+		return nil, fmt.Errorf("bucketgc: roots list s3://%s/%s is missing: upload it (store paths, one per line) or drop RootsKey (--gc-roots-key, gc --roots-key); "+
+			"not collecting without it", r.opts.Bucket, key)
+	case err != nil:
+		return nil, r.explain(err, key, "reading the roots list")
+	case len(data) > maxRootsListSize:
+		return nil, fmt.Errorf("bucketgc: roots list s3://%s/%s is larger than %d MiB: list the tops of the closures to keep, not every path", r.opts.Bucket, key, maxRootsListSize>>20)
+	}
+	return gc.ParseRootsList(bytes.NewReader(data), "s3://"+r.opts.Bucket+"/"+key)
+}
+
+// record adds a's outcome to the report, with why the plan deletes it.
+func (r *run) record(a gc.Action, o Outcome, note string) {
+	r.report.add(a, r.plan.Why(a), o, note)
 }
 
 // listedObject is what a run keeps of a listed narinfo (not the whole
@@ -293,14 +395,14 @@ func (r *run) readNarInfo(ctx context.Context, listed listedObject) (gc.NarInfo,
 	}
 	ni, err := narinfo.Parse(data)
 	if err != nil {
-		out.Err = err.Error()
+		out.Err, out.URL = err.Error(), urlLine(data)
 		r.log.Info("unreadable narinfo kept; fix or delete it by hand", "key", listed.Key, "err", err.Error())
 		return out, true, nil
 	}
 	// Keep only what the plan needs, without pinning the narinfo's text:
 	// references shrink to interned hash parts (many narinfos reference
 	// the same few paths).
-	out.StorePath, out.URL = strings.Clone(ni.StorePath), strings.Clone(ni.URL)
+	out.StorePath, out.URL, out.Deriver = strings.Clone(ni.StorePath), strings.Clone(ni.URL), strings.Clone(ni.Deriver)
 	out.References = make([]string, 0, len(ni.References))
 	r.mu.Lock()
 	for _, ref := range ni.References {
@@ -317,6 +419,17 @@ func (r *run) readNarInfo(ctx context.Context, listed listedObject) (gc.NarInfo,
 	}
 	r.mu.Unlock()
 	return out, true, nil
+}
+
+// urlLine finds the URL line of a narinfo that does not parse, so its nar
+// is kept with it: what GC cannot read must not make its nar an orphan.
+func urlLine(data []byte) string {
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, "URL:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // rescan lists the narinfos again and adds those new or changed since the
@@ -397,21 +510,22 @@ func (r *run) delete(ctx context.Context, plan *gc.Plan) error {
 	var todo []gc.Action
 	for i, a := range plan.DeleteNarInfos {
 		if keep[i] != "" {
-			r.report.add(a, OutcomeSkipped, keep[i])
+			r.record(a, OutcomeSkipped, keep[i])
 			continue
 		}
 		todo = append(todo, a)
 	}
 	gone := map[string]bool{}
-	var deletedPaths []string
+	var deletedPaths, derivers []string
 	failures := r.remove(ctx, todo, func(a gc.Action) {
 		gone[a.Key] = true
 		if a.StorePath != "" {
 			deletedPaths = append(deletedPaths, a.StorePath)
+			derivers = append(derivers, a.Deriver)
 		}
 	})
 	if len(deletedPaths) > 0 && o.OnDeleted != nil {
-		o.OnDeleted(deletedPaths)
+		o.OnDeleted(deletedPaths, derivers)
 	}
 
 	// Nars: those of deleted narinfos only once all of them are gone.
@@ -423,7 +537,7 @@ func (r *run) delete(ctx context.Context, plan *gc.Plan) error {
 				ok = ok && gone[k]
 			}
 			if !ok {
-				r.report.add(a, OutcomeSkipped, "a narinfo pointing at it was not deleted")
+				r.record(a, OutcomeSkipped, "a narinfo pointing at it was not deleted")
 				continue
 			}
 		}
@@ -440,7 +554,7 @@ func (r *run) delete(ctx context.Context, plan *gc.Plan) error {
 	todo = todo[:0]
 	for i, a := range nars {
 		if keep[i] != "" {
-			r.report.add(a, OutcomeSkipped, keep[i])
+			r.record(a, OutcomeSkipped, keep[i])
 			continue
 		}
 		todo = append(todo, a)
@@ -488,11 +602,11 @@ func (r *run) remove(ctx context.Context, as []gc.Action, done func(gc.Action)) 
 			}
 			delete(byKey, res.ObjectName)
 			if res.Err != nil {
-				r.report.add(a, OutcomeFailed, res.Err.Error())
+				r.record(a, OutcomeFailed, res.Err.Error())
 				errs = append(errs, r.explain(res.Err, a.Key, "deleting"))
 				continue
 			}
-			r.report.add(a, OutcomeDeleted, "")
+			r.record(a, OutcomeDeleted, "")
 			r.log.V(1).Info("deleted", "kind", a.Kind, "key", a.Key, "reason", a.Reason, "storePath", a.StorePath)
 			done(a)
 		}
@@ -501,7 +615,7 @@ func (r *run) remove(ctx context.Context, as []gc.Action, done func(gc.Action)) 
 			if err == nil {
 				err = errors.New("no answer from the server")
 			}
-			r.report.add(a, OutcomeFailed, err.Error())
+			r.record(a, OutcomeFailed, err.Error())
 			errs = append(errs, r.explain(err, a.Key, "deleting"))
 		}
 	}

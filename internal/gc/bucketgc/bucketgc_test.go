@@ -113,12 +113,13 @@ func (f *farm) client(rt http.RoundTripper) *minio.Client {
 	return c
 }
 
+// options runs with policy roots, the store paths of roots declared.
 func (f *farm) options(at time.Time, roots ...string) Options {
 	var paths []string
 	for _, r := range roots {
 		paths = append(paths, storePath(r))
 	}
-	return Options{Client: f.client(nil), Bucket: f.bucket, Grace: grace, Roots: gc.StaticRoots(paths),
+	return Options{Client: f.client(nil), Bucket: f.bucket, Grace: grace, Mode: gc.ModeRoots, Declared: gc.StaticRoots(paths),
 		Clock: clocktesting.NewFakePassiveClock(at), Concurrency: 4}
 }
 
@@ -148,7 +149,7 @@ func TestRunDryRunAndForReal(t *testing.T) {
 	t.Run("dry run lists and deletes nothing", func(t *testing.T) {
 		opts := f.options(later, "a", "keep-twin")
 		opts.DryRun = true
-		opts.OnDeleted = func([]string) { t.Error("OnDeleted called in a dry run") }
+		opts.OnDeleted = func(_, _ []string) { t.Error("OnDeleted called in a dry run") }
 		rep, err := Run(context.Background(), opts)
 		if err != nil {
 			t.Fatal(err)
@@ -173,8 +174,11 @@ func TestRunDryRunAndForReal(t *testing.T) {
 		}
 		var out bytes.Buffer
 		rep.WriteTo(&out)
-		for _, w := range []string{"gc dry-run bucket=substitutes", "would-delete narinfo " + narInfoKey("d") + " unreachable " + storePath("d") + " size=",
-			"would-delete nar " + crashed + " orphan size=", "deleted-narinfos=3 deleted-nars=2", "orphans=1"} {
+		for _, w := range []string{"gc dry-run bucket=substitutes policy=roots", "would-delete narinfo " + narInfoKey("d") + " unreachable " + storePath("d") + " size=",
+			`why="no kept root reaches it (policy roots); published `, `older than the grace (24h0m0s)"`,
+			"would-delete nar " + crashed + " orphan size=", `why="no narinfo names it; uploaded `,
+			"would-delete nar " + narKey("nar of e") + " nar-of-deleted size=", `why="only narinfos this run deletes point at it (`,
+			"deleted-narinfos=3 deleted-nars=2", "orphans=1"} {
 			if !strings.Contains(out.String(), w) {
 				t.Errorf("report lacks %q:\n%s", w, out.String())
 			}
@@ -202,7 +206,7 @@ func TestRunDryRunAndForReal(t *testing.T) {
 	t.Run("for real", func(t *testing.T) {
 		opts := f.options(later, "a", "keep-twin")
 		var told [][]string
-		opts.OnDeleted = func(p []string) { told = append(told, sorted(p)) }
+		opts.OnDeleted = func(p, _ []string) { told = append(told, sorted(p)) }
 		rep, err := Run(context.Background(), opts)
 		if err != nil {
 			t.Fatal(err)
@@ -370,7 +374,7 @@ func TestMissingNar(t *testing.T) {
 	}
 	opts.DeleteMissingNar = true
 	var told []string
-	opts.OnDeleted = func(p []string) { told = append(told, p...) }
+	opts.OnDeleted = func(p, _ []string) { told = append(told, p...) }
 	if rep, err = Run(context.Background(), opts); err != nil {
 		t.Fatal(err)
 	}

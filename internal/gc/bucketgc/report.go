@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
+
 	"github.com/guixfarm/guix-farm/internal/gc"
 )
 
@@ -34,6 +36,9 @@ type Line struct {
 	Reason    gc.Reason
 	StorePath string
 	Size      int64
+	// Why says why the plan deletes (or reports) it: orphan, unreachable
+	// and how old, nar of which deleted narinfos (gc.Plan.Why).
+	Why string
 	// Note says why an object was skipped or failed, or what is wrong.
 	Note string
 }
@@ -41,8 +46,10 @@ type Line struct {
 // Report is what a run did (or, in a dry run, would do). Its counts are
 // meant for metrics; in a dry run Deleted* count what would be deleted.
 type Report struct {
-	Bucket            string
-	DryRun            bool
+	Bucket string
+	DryRun bool
+	// Mode is the run's policy: orphans or roots.
+	Mode              gc.Mode
 	Started, Finished time.Time
 	// Stats are the plan's (kept, roots, missing nars, ...).
 	Stats gc.Stats
@@ -66,10 +73,10 @@ type Report struct {
 	mu sync.Mutex
 }
 
-func (r *Report) add(a gc.Action, o Outcome, note string) {
+func (r *Report) add(a gc.Action, why string, o Outcome, note string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.Lines = append(r.Lines, Line{Outcome: o, Kind: a.Kind, Key: a.Key, Reason: a.Reason, StorePath: a.StorePath, Size: a.Size, Note: note})
+	r.Lines = append(r.Lines, Line{Outcome: o, Kind: a.Kind, Key: a.Key, Reason: a.Reason, StorePath: a.StorePath, Size: a.Size, Why: why, Note: note})
 	switch o {
 	case OutcomeDeleted, OutcomeWouldDelete:
 		r.DeletedBytes += a.Size
@@ -121,9 +128,20 @@ func (r *Report) StorePaths() []string {
 	return out
 }
 
+// LogLines logs each line of the report (what was, or would be, deleted
+// and why) and its counts: a controller's dry run shows its plan this way.
+func (r *Report) LogLines(log logr.Logger) {
+	for _, l := range r.Lines {
+		log.Info("gc "+string(l.Outcome), "kind", l.Kind, "key", l.Key, "reason", l.Reason, "storePath", l.StorePath,
+			"size", l.Size, "why", l.Why, "note", l.Note)
+	}
+	log.Info("gc summary", "dryRun", r.DryRun, "policy", r.Mode, "deletedNarInfos", r.DeletedNarInfos, "deletedNars", r.DeletedNars,
+		"deletedBytes", r.DeletedBytes, "keptNarInfos", r.Stats.KeptNarInfos, "roots", r.Stats.Roots, "skipped", r.Skipped, "failed", r.Failed)
+}
+
 // WriteTo writes the report for people: one line per object,
 //
-//	<outcome> <kind> <key> <reason> [<store path>] size=<bytes> [note=<...>]
+//	<outcome> <kind> <key> <reason> [<store path>] size=<bytes> [why=<...>] [note=<...>]
 //
 // then one summary line of key=value counts.
 func (r *Report) WriteTo(w io.Writer) (int64, error) {
@@ -132,7 +150,7 @@ func (r *Report) WriteTo(w io.Writer) (int64, error) {
 	if r.DryRun {
 		mode = "dry-run"
 	}
-	fmt.Fprintf(&b, "gc %s bucket=%s started=%s finished=%s\n", mode, r.Bucket,
+	fmt.Fprintf(&b, "gc %s bucket=%s policy=%s started=%s finished=%s\n", mode, r.Bucket, r.Mode,
 		r.Started.UTC().Format(time.RFC3339), r.Finished.UTC().Format(time.RFC3339))
 	for _, l := range r.Lines {
 		fmt.Fprintf(&b, "%s %s %s %s", l.Outcome, l.Kind, l.Key, l.Reason)
@@ -140,6 +158,9 @@ func (r *Report) WriteTo(w io.Writer) (int64, error) {
 			fmt.Fprintf(&b, " %s", l.StorePath)
 		}
 		fmt.Fprintf(&b, " size=%d", l.Size)
+		if l.Why != "" {
+			fmt.Fprintf(&b, " why=%q", l.Why)
+		}
 		if l.Note != "" {
 			fmt.Fprintf(&b, " note=%q", l.Note)
 		}

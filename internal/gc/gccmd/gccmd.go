@@ -3,7 +3,6 @@
 package gccmd
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -22,12 +21,13 @@ import (
 
 // Deps are what the caller provides besides the flags.
 type Deps struct {
-	// Roots, when set, adds roots to the configured ones: the controller
-	// passes the outputs of its live Builds. Without it only --keep-*,
-	// --roots-file and the grace period protect anything.
+	// Roots, when set, are the farm's roots (what its live Builds need and
+	// produced), asked with --policy roots. Without them, only the declared
+	// policy (--keep-*, --roots-file, --roots-key) and the grace period
+	// protect anything.
 	Roots gc.Roots
 	// OnDeleted is passed to the run (see bucketgc.Options).
-	OnDeleted func(storePaths []string)
+	OnDeleted func(storePaths, derivers []string)
 	// Getenv reads credentials (default os.Getenv).
 	Getenv func(string) string
 	Log    logr.Logger
@@ -57,11 +57,14 @@ func Command(ctx context.Context, args []string, stdout io.Writer, deps Deps) er
 		accessKey   = fs.String("access-key", "", "S3 access key (default $AWS_ACCESS_KEY_ID)")
 		secretKey   = fs.String("secret-key", "", "S3 secret key (default $AWS_SECRET_ACCESS_KEY)")
 		grace       = fs.Duration("grace", bucketgc.DefaultGrace, "never delete objects younger than this (uploads in flight)")
-		dryRun      = fs.Bool("dry-run", false, "print what would be deleted, delete nothing")
+		dryRun      = fs.Bool("dry-run", false, "print what would be deleted and why, delete nothing")
+		policy      = fs.String("policy", string(gc.ModeOrphans), "orphans: delete only nars no narinfo names; roots: also the substitutes no kept root reaches (needs --keep-*, --roots-file or --roots-key)")
 		maxAge      = fs.Duration("keep-max-age", 0, "keep everything published within this duration, e.g. 720h (0: off)")
 		rootsFile   = fs.String("roots-file", "", "file of store paths to keep, one per line (# comments)")
+		rootsKey    = fs.String("roots-key", "", "object of the bucket listing store paths to keep, one per line, e.g. gc/roots")
 		deleteMiss  = fs.Bool("delete-missing-nar", false, "delete narinfos whose nar is missing (always reported)")
 		allowNone   = fs.Bool("allow-no-roots", false, "run even with no roots and no --keep-* selector (collects everything older than --grace)")
+		noFarm      = fs.Bool("without-farm-roots", false, "with --policy roots, collect without the farm's live Builds as roots, which this command does not know: only for a bucket no running farm uses")
 		concurrency = fs.Int("concurrency", bucketgc.DefaultConcurrency, "narinfo reads in flight")
 		narPrefix   = fs.String("nar-prefix", gc.DefaultNarPrefix, "where nars live in the bucket")
 		globs       listFlag
@@ -84,6 +87,15 @@ func Command(ctx context.Context, args []string, stdout io.Writer, deps Deps) er
 	if err := (gc.RootSelector{NameGlobs: globs}).Validate(); err != nil {
 		return err
 	}
+	mode, err := gc.ParseMode(*policy)
+	if err != nil {
+		return fmt.Errorf("gc: --policy: %w", err)
+	}
+	if mode == gc.ModeRoots && deps.Roots == nil && !*noFarm {
+		return errors.New("gc: --policy roots here does not know the farm's live Builds, whose inputs and outputs would look like garbage: " +
+			"run it in the controller (--gc-interval, --gc-dry-run to see what it would delete), " +
+			"or pass --without-farm-roots for a bucket no running farm uses")
+	}
 	if *accessKey == "" {
 		*accessKey = getenv("AWS_ACCESS_KEY_ID")
 	}
@@ -94,20 +106,24 @@ func Command(ctx context.Context, args []string, stdout io.Writer, deps Deps) er
 	if err != nil {
 		return err
 	}
-	roots := gc.MultiRoots{deps.Roots}
+	var declared gc.Roots // nil unless a file is given: its presence declares a policy
 	if *rootsFile != "" {
 		list, err := readRoots(*rootsFile)
 		if err != nil {
 			return err
 		}
-		roots = append(roots, gc.StaticRoots(list))
+		declared = gc.StaticRoots(list)
 	}
 	rep, err := bucketgc.Run(ctx, bucketgc.Options{
-		Client: client, Bucket: *bucketName, DryRun: *dryRun, Grace: *grace,
-		Roots: roots, Keep: gc.RootSelector{MaxAge: *maxAge, NameGlobs: globs, Paths: paths},
+		Client: client, Bucket: *bucketName, DryRun: *dryRun, Grace: *grace, Mode: mode,
+		Roots: deps.Roots, Declared: declared, RootsKey: *rootsKey,
+		Keep:         gc.RootSelector{MaxAge: *maxAge, NameGlobs: globs, Paths: paths},
 		AllowNoRoots: *allowNone, DeleteMissingNar: *deleteMiss, Concurrency: *concurrency,
 		NarPrefix: *narPrefix, OnDeleted: deps.OnDeleted, Log: deps.Log,
 	})
+	if rep == nil && err != nil {
+		return fmt.Errorf("gc: %w (flags: --policy, --keep-*, --roots-file, --roots-key)", err)
+	}
 	if rep != nil {
 		if _, werr := rep.WriteTo(stdout); werr != nil && err == nil {
 			err = fmt.Errorf("gc: writing the report: %w", werr)
@@ -122,22 +138,7 @@ func readRoots(name string) ([]string, error) {
 		return nil, fmt.Errorf("gc: --roots-file: %w", err)
 	}
 	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if gc.HashPart(line) == "" {
-			return nil, fmt.Errorf("gc: --roots-file %s: %q is not a store path or base name", name, line)
-		}
-		out = append(out, line)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("gc: --roots-file %s: %w", name, err)
-	}
-	return out, nil
+	return gc.ParseRootsList(f, name)
 }
 
 // NewClient makes the S3 client GC runs with.

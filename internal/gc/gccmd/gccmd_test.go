@@ -34,6 +34,13 @@ func TestCommandErrors(t *testing.T) {
 		"bad glob":           {args: []string{"--endpoint", "h:1", "--bucket", "b", "--keep-name", "[x"}, want: "NameGlobs"},
 		"unknown flag":       {args: []string{"--frobnicate"}, want: "flag provided but not defined"},
 		"missing roots file": {args: []string{"--endpoint", "h:1", "--bucket", "b", "--roots-file", "/nonexistent/roots"}, want: "--roots-file"},
+		"unknown policy":     {args: []string{"--endpoint", "h:1", "--bucket", "b", "--policy", "age"}, want: "--policy"},
+		"roots, none declared": {args: []string{"--endpoint", "h:1", "--bucket", "b", "--policy", "roots", "--without-farm-roots"},
+			want: "needs a declared keep policy"},
+		"roots without the farm's": {args: []string{"--endpoint", "h:1", "--bucket", "b", "--policy", "roots", "--keep-max-age", "1h"},
+			want: "does not know the farm's live Builds"},
+		"keep rule, orphans policy": {args: []string{"--endpoint", "h:1", "--bucket", "b", "--roots-key", "gc/roots"},
+			want: "with policy orphans"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -89,9 +96,9 @@ func TestCommandAgainstMinIO(t *testing.T) {
 	deps := Deps{
 		Roots:     gc.StaticRoots{storePath("from-builds")},
 		Getenv:    func(k string) string { return env[k] },
-		OnDeleted: func(p []string) { told = append(told, p...) },
+		OnDeleted: func(p, _ []string) { told = append(told, p...) },
 	}
-	args := []string{"--endpoint", m.URL, "--bucket", "subs", "--grace", "1ms", "--roots-file", rootsFile, "--keep-name", "guile-*"}
+	args := []string{"--endpoint", m.URL, "--bucket", "subs", "--grace", "1ms", "--policy", "roots", "--roots-file", rootsFile, "--keep-name", "guile-*"}
 	count := func() int {
 		n := 0
 		for o := range m.Client.ListObjects(ctx, "subs", minio.ListObjectsOptions{Recursive: true}) {
