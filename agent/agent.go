@@ -148,6 +148,10 @@ type Agent struct {
 type inflight struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	// The attempt it runs: which Build, and which of its attempts, for a fresh ownership check.
+	key     client.ObjectKey
+	uid     types.UID
+	attempt int32
 }
 
 // New makes an agent. The cache must select Builds with FieldAllocationAgent = cfg.Name
@@ -242,8 +246,10 @@ func (a *Agent) step(ctx context.Context) {
 	now := a.clock.Now()
 	var offers []*farmv1.Build
 	a.pruneFinished(list.Items)
+	listed := make(map[types.UID]bool, len(list.Items))
 	for i := range list.Items {
 		b := &list.Items[i]
+		listed[b.UID] = true
 		run := a.inflight(b.UID)
 		switch {
 		case run == nil && a.stale(b):
@@ -262,6 +268,7 @@ func (a *Agent) step(ctx context.Context) {
 			offers = append(offers, b)
 		}
 	}
+	a.checkUnlisted(ctx, listed)
 	slices.SortFunc(offers, func(x, y *farmv1.Build) int {
 		if px, py := x.Status.Allocation.Priority, y.Status.Allocation.Priority; px != py {
 			return int(py) - int(px)
@@ -276,6 +283,37 @@ func (a *Agent) step(ctx context.Context) {
 			return
 		}
 		a.claim(ctx, b)
+	}
+}
+
+// checkUnlisted decides about the attempts this agent runs whose Builds its cache no longer lists:
+// the cache selects Builds allocated to this agent, and a takeover (the controller declared the
+// agent lost and requeued the Build), a finish or a delete clears that, so the loop above never
+// sees them again. A fresh read decides: a Build gone, re-created, canceled or no longer held by
+// this attempt stops it (its report then finds it lost, and publishes nothing). A failed read (an
+// apiserver outage) decides nothing: the attempt goes on, fenced by the Lease's term.
+func (a *Agent) checkUnlisted(ctx context.Context, listed map[types.UID]bool) {
+	a.mu.Lock()
+	var unlisted []*inflight
+	for uid, run := range a.running {
+		if !listed[uid] {
+			unlisted = append(unlisted, run)
+		}
+	}
+	a.mu.Unlock()
+	for _, run := range unlisted {
+		got := &farmv1.Build{}
+		err := a.client.Get(ctx, run.key, got)
+		switch {
+		case apierrors.IsNotFound(err):
+			a.log.Info("Build deleted during its attempt; stopping it", "build", run.key.String())
+			run.cancel()
+		case err != nil:
+			a.log.V(1).Info("Cannot check an attempt the cache no longer lists; it goes on", "build", run.key.String(), "error", err.Error())
+		case got.UID != run.uid || got.Spec.Canceled || !lifecycle.Holds(got, a.cfg.Name) || got.Status.AttemptCount != run.attempt:
+			a.log.Info("Attempt no longer ours; stopping it", "build", run.key.String(), "attempt", run.attempt)
+			run.cancel()
+		}
 	}
 }
 
@@ -338,7 +376,8 @@ func (a *Agent) claim(ctx context.Context, b *farmv1.Build) {
 		return
 	}
 	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	run := &inflight{cancel: cancel, done: make(chan struct{})}
+	run := &inflight{cancel: cancel, done: make(chan struct{}), key: client.ObjectKeyFromObject(b), uid: b.UID,
+		attempt: b.Status.AttemptCount}
 	a.mu.Lock()
 	a.running[b.UID] = run // before the write, so a fast cache event never sees an orphan
 	a.mu.Unlock()

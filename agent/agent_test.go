@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -571,21 +570,10 @@ func TestStillOwned(t *testing.T) {
 	})
 }
 
-// ---- found by these tests: see the skip messages ----
-
-// skipBug skips a test that shows a known bug; AGENT_TEST_BUGS=1 runs it (and it fails).
-func skipBug(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("AGENT_TEST_BUGS") == "" {
-		t.Skip("bug: " + why)
-	}
-}
-
 // A Build that leaves the agent's cache while it runs it (the controller failed the attempt as
-// AgentLost and the planner moved it, or the Build was deleted) should stop the step: the slot is
-// wasted until the build ends on its own, maybe hours later.
+// AgentLost and the planner moved it, or the Build was deleted) stops the step: otherwise the
+// attempt runs twice, and the slot is wasted until the build ends on its own.
 func TestBuildLeavingTheCacheAbortsTheStep(t *testing.T) {
-	skipBug(t, "agent.go step() only looks at Builds its field-selected cache lists; a takeover or finish clears status.allocation (lifecycle.Fail/finish), a delete removes it, so the \"taken from us\" case never sees it and the step runs on")
 	for name, leave := range map[string]func(h *harness){
 		"takeover": func(h *harness) { takeOver(h, "b1") },
 		"deleted": func(h *harness) {
@@ -716,4 +704,26 @@ func TestShutdownRacingTheLeaseLoop(t *testing.T) {
 func goroutineRunning(fn string) bool {
 	buf := make([]byte, 1<<20)
 	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
+// While the apiserver cannot answer, a Build that left the cache is not taken for lost: the
+// attempt goes on (fenced by the Lease term), and stops once a read shows it taken.
+func TestUnlistedBuildDuringAnOutageRunsOn(t *testing.T) {
+	h := newHarness(t, []*farmv1.Build{ours("b1")})
+	h.start()
+	r := h.step.next(t)
+	h.failBuildReads(apierrors.NewServiceUnavailable("apiserver unavailable"))
+	takeOver(h, "b1")
+	h.settle()
+	h.clk.Step(time.Minute) // periodic passes ask again, and fail again
+	h.settle()
+	if r.ctx.Err() != nil {
+		t.Fatal("the step was stopped on a failed read, not on an answer")
+	}
+	h.failBuildReads(nil)
+	h.clk.Step(time.Minute)
+	h.settle()
+	if r.ctx.Err() == nil {
+		t.Fatal("the step still runs once a read shows the Build taken")
+	}
 }

@@ -330,6 +330,8 @@ type harness struct {
 	statusHook atomic.Pointer[func(ctx context.Context, b *farmv1.Build) error]
 	// leaseHook, when set, runs before each Lease update of the agent; its error fails the update.
 	leaseHook atomic.Pointer[func() error]
+	// getHook, when set, runs before each direct Build read of the agent; its error fails it.
+	getHook atomic.Pointer[func() error]
 	// statusUpdates counts the agent's Build status writes that were applied, statusAttempts all
 	// it tried (conflicts included).
 	statusUpdates, statusAttempts atomic.Int64
@@ -393,6 +395,16 @@ func newHarness(t *testing.T, builds []*farmv1.Build, opts ...option) *harness {
 	h.cache = &fakeCache{r: base, agent: testAgent, inf: inf}
 	// The agent's client: the test's, plus fault injection.
 	agentClient := interceptor.NewClient(base, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			if _, ok := obj.(*farmv1.Build); ok {
+				if p := h.getHook.Load(); p != nil {
+					if err := (*p)(); err != nil {
+						return err
+					}
+				}
+			}
+			return c.Get(ctx, key, obj, opts...)
+		},
 		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
 			if _, ok := obj.(*coordinationv1.Lease); ok {
 				if p := h.leaseHook.Load(); p != nil {
@@ -447,6 +459,16 @@ func newHarness(t *testing.T, builds []*farmv1.Build, opts ...option) *harness {
 // onStatusUpdate installs the status hook.
 func (h *harness) onStatusUpdate(f func(ctx context.Context, b *farmv1.Build) error) {
 	h.statusHook.Store(&f)
+}
+
+// failBuildReads makes the agent's direct Build reads fail with err (nil: they work again).
+func (h *harness) failBuildReads(err error) {
+	if err == nil {
+		h.getHook.Store(nil)
+		return
+	}
+	f := func() error { return err }
+	h.getHook.Store(&f)
 }
 
 // failLeaseUpdates makes the agent's Lease updates fail with err.

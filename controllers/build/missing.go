@@ -95,6 +95,9 @@ func (r *Reconciler) ensureBuildOf(ctx context.Context, s *scope, drv string, ib
 			return fmt.Errorf("deleting %s, whose outputs are lost, to build %s again: %w", x.Name, drv, err)
 		}
 		s.log.Info("Outputs lost: building the derivation again", "input", drv, "old", x.Name)
+		// After the delete (the write this Event reports), on the Build that found the loss.
+		r.Recorder.Eventf(b, x, "Warning", "OutputsLost", "Rebuild",
+			"%s: the outputs of %s (Build %s) are gone from the bucket; building it again", ib.lostWhy, drv, x.Name)
 		return nil
 	}
 	nb := &farmv1.Build{
