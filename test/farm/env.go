@@ -28,7 +28,6 @@ import (
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
 	"github.com/guixfarm/guix-farm/controllers/build"
-	"github.com/guixfarm/guix-farm/controllers/planning"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/metrics"
@@ -118,7 +117,7 @@ type ControllerOptions struct {
 
 // StartController runs the farm's controllers in-process, watching namespace, reading .drv files
 // from drvDir. It stops when the test ends.
-func (e *Env) StartController(t testing.TB, namespace, drvDir string, o ControllerOptions) *planning.Loop {
+func (e *Env) StartController(t testing.TB, namespace, drvDir string, o ControllerOptions) *controllers.Farm {
 	t.Helper()
 	log := o.Log
 	if log.GetSink() == nil {
@@ -162,7 +161,7 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	return farm.Loop
+	return farm
 }
 
 // Kubeconfig writes a kubeconfig for the envtest apiserver (for agent processes and kubectl).

@@ -51,7 +51,7 @@ func BenchmarkBucketLookups10k(b *testing.B) {
 		store := &countingStore{}
 		ns := env.Namespace(b, "lookups")
 		loop := env.StartController(b, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.DerivationOrdered,
-			Bucket: store, Log: logr.Discard()})
+			Bucket: store, Log: logr.Discard()}).Loop
 		start := time.Now()
 		parallel(16, builds, func(i int) error {
 			return env.Client.Create(ctx, farm.MakeBuild(fmt.Sprintf("app-%05d", i), ns, paths[i]).Obj())

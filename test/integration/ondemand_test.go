@@ -10,15 +10,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/testr"
 	"github.com/minio/minio-go/v7"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/buildname"
 	"github.com/guixfarm/guix-farm/internal/daemon"
+	"github.com/guixfarm/guix-farm/internal/gc"
+	"github.com/guixfarm/guix-farm/internal/gc/bucketgc"
 	"github.com/guixfarm/guix-farm/internal/planner"
 	"github.com/guixfarm/guix-farm/internal/storepath"
 	"github.com/guixfarm/guix-farm/test/farm"
@@ -151,8 +156,8 @@ func (f *rbFarm) publishOutputs(t testing.TB, paths ...string) {
 }
 
 // TestLostOutputsRebuilt: outputs the farm built are lost after their Builds were deleted (as by
-// the TTL): chain0's narinfo and nar (as a GC would), leaf0's nar alone (by hand), and from the
-// agents' stores. New dependents,
+// the TTL): chain0's by the farm's GC (roots policy), leaf0's nar alone by hand, and both from
+// the agents' stores. New dependents,
 // submitted alone, lead to the lost inputs being built again, never to a Build marked Succeeded
 // on outputs that are gone, and never to a wait without end.
 func TestLostOutputsRebuilt(t *testing.T) {
@@ -170,8 +175,32 @@ func TestLostOutputsRebuilt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f.removeFromBucket(t, f.builds["chain0"].outs["out"], true)
-	f.removeFromBucket(t, f.builds["leaf0"].outs["out"], false)
+	// leaf0's nar, by hand; then the farm's GC, under a roots policy whose list keeps busybox and
+	// the leaves (leaf0's narinfo too: the GC reports its missing nar and leaves it to the farm),
+	// deletes what no root reaches: chain0's output, and the .drv files nothing needs now.
+	f.removeNar(t, f.builds["leaf0"].outs["out"])
+	roots := f.bb + "\n"
+	for _, l := range leaves {
+		roots += f.builds[l].outs["out"] + "\n"
+	}
+	if _, err := f.minio.Client.PutObject(t.Context(), rbBucket, "gc/roots", strings.NewReader(roots), int64(len(roots)),
+		minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	gcClient, err := bucket.NewClient(f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := bucketgc.Run(t.Context(), bucketgc.Options{Client: gcClient, Bucket: rbBucket, Mode: gc.ModeRoots,
+		RootsKey: "gc/roots", Grace: time.Nanosecond, Clock: clocktesting.NewFakePassiveClock(time.Now().Add(time.Hour)),
+		Log: testr.New(t), Roots: controllers.BuildRoots{Client: env.Client, Namespace: f.ns, Facts: f.facts},
+		OnDeleted: controllers.OutputsDeleted(f.owner)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := f.minio.Get(t, f.bucketURL+"/"+narinfoKey(t, f.builds["chain0"].outs["out"])); code != 404 {
+		t.Fatalf("the GC left chain0's narinfo (HTTP %d); its report:\n%+v", code, rep)
+	}
 	// And from the agents' stores, or the agent that has them would publish them again with its
 	// next closure, which heals the bucket instead of testing the rebuild.
 	for _, d := range f.daemons {
@@ -215,21 +244,20 @@ func TestLostOutputsRebuilt(t *testing.T) {
 	f.checkBucket(t, 14) // chain0-1, 10 leaves, fan-in, busybox
 }
 
-// removeFromBucket deletes path's nar, and with its narinfo too when all is set.
-func (f *rbFarm) removeFromBucket(t *testing.T, path string, all bool) {
-	t.Helper()
-	ni := f.narinfo(t, path)
-	keys := []string{ni.URL}
-	if all {
-		sp, err := storepath.ParseAny(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys = append(keys, bucket.NarInfoKey(sp))
+// narinfoKey is path's narinfo object key.
+func narinfoKey(t *testing.T, path string) string {
+	sp, err := storepath.ParseAny(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, k := range keys {
-		if err := f.minio.Client.RemoveObject(t.Context(), rbBucket, k, minio.RemoveObjectOptions{}); err != nil {
-			t.Fatalf("removing %s: %v", k, err)
-		}
+	return bucket.NarInfoKey(sp)
+}
+
+// removeNar deletes path's nar from the bucket, leaving its narinfo.
+func (f *rbFarm) removeNar(t *testing.T, path string) {
+	t.Helper()
+	url := f.narinfo(t, path).URL
+	if err := f.minio.Client.RemoveObject(t.Context(), rbBucket, url, minio.RemoveObjectOptions{}); err != nil {
+		t.Fatalf("removing %s: %v", url, err)
 	}
 }

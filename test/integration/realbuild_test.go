@@ -26,6 +26,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/agentlease"
+	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/derivation"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
@@ -125,8 +126,10 @@ type rbFarm struct {
 	daemons   map[string]*testbed.NixDaemon // agent name -> its daemon
 	agents    map[string]*farm.AgentProcess
 	nonce     string
-	plugin    string              // kubectl-guixfarm
-	builds    map[string]*rbBuild // by attr
+	facts     *drvsource.FactsCache // the controller's, reading .drv files from the bucket
+	owner     *availability.Owner   // the controller's
+	plugin    string                // kubectl-guixfarm
+	builds    map[string]*rbBuild   // by attr
 }
 
 const (
@@ -394,11 +397,12 @@ func startRealFarm(t testing.TB) *rbFarm {
 			t.Logf("controller log:\n%s", rbTail(ctrlLog.String(), 8000))
 		}
 	})
-	env.StartController(t, f.ns, "", farm.ControllerOptions{Strategy: planner.DerivationOrdered,
-		Facts: drvsource.NewFactsCache(creader, 1000), Bucket: creader,
+	f.facts = drvsource.NewFactsCache(creader, 1000)
+	f.owner = env.StartController(t, f.ns, "", farm.ControllerOptions{Strategy: planner.DerivationOrdered,
+		Facts: f.facts, Bucket: creader,
 		Log: funcr.New(func(prefix, args string) {
 			fmt.Fprintf(ctrlLog, "%s %s %s\n", time.Now().Format("15:04:05.000"), prefix, args)
-		}, funcr.Options{})})
+		}, funcr.Options{})}).Availability
 
 	f.kc = env.Kubeconfig(t)
 	f.plugin = pluginBinary(t)

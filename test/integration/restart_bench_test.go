@@ -128,7 +128,7 @@ func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) (time.
 		cmd.Process.Kill()
 		cmd.Wait()
 	}()
-	deadline := start.Add(10 * time.Minute)
+	deadline := start.Add(20 * time.Minute)
 	for time.Now().Before(deadline) {
 		if queued(addr) >= n {
 			took := time.Since(start)
@@ -137,7 +137,7 @@ func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) (time.
 		time.Sleep(50 * time.Millisecond)
 	}
 	log, _ := os.ReadFile(logf.Name())
-	b.Fatalf("the controller modelled fewer than %d Builds after 10 minutes (queue depth %d); its log ends:\n%s",
+	b.Fatalf("the controller modelled fewer than %d Builds after 20 minutes (queue depth %d); its log ends:\n%s",
 		n, queued(addr), tailString(string(log), 3000))
 	return 0, 0
 }
