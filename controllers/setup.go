@@ -123,7 +123,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 		return nil, fmt.Errorf("setting up the build controller: %w", err)
 	}
 	ar := &agentctrl.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Loop: loop, Clock: o.Clock,
-		Metrics: o.Metrics, Grace: o.AgentGrace}
+		Metrics: o.Metrics, Grace: o.AgentGrace, Recorder: mgr.GetEventRecorder("guix-farm")}
 	if err := ar.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agent controller: %w", err)
 	}

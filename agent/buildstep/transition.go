@@ -97,7 +97,7 @@ func boundMissing(paths, drvs []string, agent string) *farmv1.MissingInputs {
 	keep := func(in []string) []string {
 		var out []string
 		for _, p := range in {
-			if len(out) == farmv1.MaxMissingInputs || len(p) > 255 {
+			if len(out) == farmv1.MaxMissingInputs || len(p) > farmv1.MaxStorePathLength {
 				m.More++
 				continue
 			}

@@ -69,7 +69,7 @@ type BuildSpec struct {
 	// /gnu/store/<32 nix-base32 characters>-<name>.drv, e.g. /gnu/store/<hash>-hello-2.12.drv.
 	// +required
 	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=211
+	// +kubebuilder:validation:MaxLength=1024
 	// The pattern is an OpenAPI pattern rather than a CEL matches(): CEL's regex made every create 5x dearer.
 	// +kubebuilder:validation:Pattern=`^/([A-Za-z0-9._+-]+/)*[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+._?=-]+[.]drv$`
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.derivation is immutable: create a new Build to build another derivation"
@@ -218,7 +218,7 @@ type Output struct {
 	// +kubebuilder:validation:MaxLength=63
 	Name string `json:"name"`
 	// +required
-	// +kubebuilder:validation:MaxLength=211
+	// +kubebuilder:validation:MaxLength=1024
 	Path string `json:"path"`
 	// NarHash is set once the output is published, as sha256:<nix-base32>.
 	// +optional
@@ -256,7 +256,7 @@ type BuildStatus struct {
 	// +optional
 	// +listType=map
 	// +listMapKey=name
-	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:MaxItems=64
 	Outputs []Output `json:"outputs,omitempty"`
 
 	// Allocation is the agent the planner offers the build to.
@@ -299,19 +299,31 @@ type BuildStatus struct {
 // MaxMissingInputs bounds each list of MissingInputs; More counts the rest.
 const MaxMissingInputs = 32
 
+// Bounds of what the API holds of a derivation, matched to real store paths: a store path's name
+// has at most 211 characters (Nix's and Guix's limit), its hash 32, and the store directory is
+// rarely long; 1024 leaves room for any store directory a farm would use. Guix packages have a
+// handful of outputs; 64 is far past any. A .drv past them fails its Build (InvalidDerivation),
+// naming the limit, instead of making every status write fail.
+const (
+	MaxStorePathLength  = 1024
+	MaxOutputs          = 64
+	MaxOutputNameLength = 63
+	MaxSystemLength     = 63
+)
+
 // MissingInputs names inputs an agent could not substitute.
 type MissingInputs struct {
 	// Paths are the missing store paths.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
-	// +kubebuilder:validation:items:MaxLength=255
+	// +kubebuilder:validation:items:MaxLength=1024
 	Paths []string `json:"paths,omitempty"`
 	// Derivations produce the missing paths, where known.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
-	// +kubebuilder:validation:items:MaxLength=255
+	// +kubebuilder:validation:items:MaxLength=1024
 	Derivations []string `json:"derivations,omitempty"`
 	// More counts the paths and derivations left out of the lists above.
 	// +optional

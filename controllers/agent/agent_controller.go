@@ -6,6 +6,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"k8s.io/client-go/tools/events"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -37,6 +38,8 @@ type Reconciler struct {
 	Metrics   *metrics.Metrics
 	// Grace is added to a Lease's expiry before the agent is declared lost (clock skew).
 	Grace time.Duration
+	// Recorder, when set, says on a malformed Lease why it is ignored.
+	Recorder events.EventRecorder
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
@@ -70,7 +73,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	info, err := agentlease.Parse(l)
 	if err != nil {
+		// Ignored, not retried: a Lease is rewritten at every renewal, which brings it back.
 		log.Error(err, "Ignoring malformed agent Lease")
+		if r.Recorder != nil {
+			r.Recorder.Eventf(l, nil, "Warning", "MalformedLease", "Ignore", "%s", err.Error())
+		}
 		return ctrl.Result{}, nil
 	}
 	now := r.Clock.Now()

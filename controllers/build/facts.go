@@ -3,6 +3,8 @@ package build
 import (
 	"context"
 	"errors"
+	"fmt"
+	"regexp"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -10,6 +12,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/conditions"
+	"github.com/guixfarm/guix-farm/internal/derivation"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/lifecycle"
 )
@@ -27,6 +30,9 @@ const (
 func (r *Reconciler) reconcileFacts(ctx context.Context, s *scope) (ctrl.Result, bool) {
 	b := s.b
 	facts, err := r.Facts.Get(ctx, b.Spec.Derivation)
+	if err == nil {
+		err = checkFacts(facts)
+	}
 	if errors.Is(err, drvsource.ErrInvalid) && b.Status.Attempt == nil && b.Status.Phase != farmv1.BuildRunning {
 		conditions.Set(&b.Status.Conditions, b.Generation, s.now, farmv1.BuildConditionDerivationReadable,
 			metav1.ConditionFalse, "Invalid", "Reading spec.derivation: "+err.Error())
@@ -91,4 +97,31 @@ func factsBackoff(b *farmv1.Build, now time.Time) time.Duration {
 		}
 	}
 	return factsRetryMin
+}
+
+// systemRE is what a system name may be: Nix's and Guix's are like x86_64-linux, i586-gnu,
+// aarch64-darwin.
+var systemRE = regexp.MustCompile(`^[A-Za-z0-9_.+-]+$`)
+
+// checkFacts refuses a .drv the API cannot hold (drvsource.ErrInvalid, naming the field and the
+// limit): otherwise every status write of its Build would fail, and retry, for ever.
+func checkFacts(f derivation.Facts) error {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", drvsource.ErrInvalid, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case f.System == "" || len(f.System) > farmv1.MaxSystemLength || !systemRE.MatchString(f.System):
+		return invalid("system %q: want 1 to %d letters, digits and _.+- (e.g. x86_64-linux)", f.System, farmv1.MaxSystemLength)
+	case len(f.Outputs) == 0 || len(f.Outputs) > farmv1.MaxOutputs:
+		return invalid("%d outputs: the farm builds derivations with 1 to %d", len(f.Outputs), farmv1.MaxOutputs)
+	}
+	for _, o := range f.Outputs {
+		switch {
+		case o.Name == "" || len(o.Name) > farmv1.MaxOutputNameLength:
+			return invalid("output name %q: want 1 to %d characters", o.Name, farmv1.MaxOutputNameLength)
+		case len(o.Path) > farmv1.MaxStorePathLength:
+			return invalid("output %s: its path has %d characters, more than the %d the farm holds", o.Name, len(o.Path), farmv1.MaxStorePathLength)
+		}
+	}
+	return nil
 }

@@ -1,6 +1,8 @@
 package build
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/internal/derivation"
+	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/planner"
 )
 
@@ -142,5 +146,48 @@ func TestBehindOwnWrite(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCheckFacts(t *testing.T) {
+	path := func(n int) string { return "/gnu/store/" + strings.Repeat("a", 32) + "-" + strings.Repeat("x", n) }
+	ok := derivation.Facts{System: "x86_64-linux", Outputs: []derivation.OutputFact{{Name: "out", Path: path(5)}}}
+	many := ok
+	many.Outputs = nil
+	for i := range 40 {
+		many.Outputs = append(many.Outputs, derivation.OutputFact{Name: fmt.Sprintf("o%d", i), Path: path(5)})
+	}
+	long := ok
+	long.Outputs = []derivation.OutputFact{{Name: "out", Path: path(211)}} // the longest name Nix allows: 255 characters
+	cases := map[string]struct {
+		f    derivation.Facts
+		want string // "" valid, else part of the error
+	}{
+		"plain":                    {f: ok},
+		"40 outputs":               {f: many},
+		"a 255-character path":     {f: long},
+		"no system":                {f: derivation.Facts{Outputs: ok.Outputs}, want: "system"},
+		"system with a space":      {f: derivation.Facts{System: "x86 linux", Outputs: ok.Outputs}, want: "system"},
+		"no outputs":               {f: derivation.Facts{System: "x86_64-linux"}, want: "0 outputs"},
+		"a 2000-character path":    {f: derivation.Facts{System: "x86_64-linux", Outputs: []derivation.OutputFact{{Name: "out", Path: path(2000)}}}, want: "more than the 1024"},
+		"a 100-character out name": {f: derivation.Facts{System: "x86_64-linux", Outputs: []derivation.OutputFact{{Name: strings.Repeat("n", 100), Path: path(5)}}}, want: "output name"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := checkFacts(tc.f)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("checkFacts: %v, want valid", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, drvsource.ErrInvalid)):
+				t.Errorf("checkFacts: %v, want ErrInvalid naming %q", err, tc.want)
+			}
+		})
+	}
+	big := ok
+	for i := range 65 {
+		big.Outputs = append(big.Outputs, derivation.OutputFact{Name: fmt.Sprintf("x%d", i), Path: path(5)})
+	}
+	if err := checkFacts(big); err == nil {
+		t.Error("66 outputs accepted, more than the API holds")
 	}
 }

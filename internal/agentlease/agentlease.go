@@ -109,15 +109,29 @@ func Parse(l *coordinationv1.Lease) (Info, error) {
 	}
 	info.Unhealthy = l.Annotations[AnnotationUnhealthy]
 	var err error
-	if info.Slots, err = strconv.Atoi(l.Annotations[AnnotationSlots]); err != nil {
-		return info, fmt.Errorf("lease %s/%s: annotation %s: %w", l.Namespace, l.Name, AnnotationSlots, err)
+	if info.Slots, err = slots(l, AnnotationSlots); err != nil {
+		return info, err
 	}
-	if info.FreeSlots, err = strconv.Atoi(l.Annotations[AnnotationFreeSlots]); err != nil {
-		return info, fmt.Errorf("lease %s/%s: annotation %s: %w", l.Namespace, l.Name, AnnotationFreeSlots, err)
+	if info.FreeSlots, err = slots(l, AnnotationFreeSlots); err != nil {
+		return info, err
 	}
 	if l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
 		return info, fmt.Errorf("lease %s/%s: spec.renewTime and spec.leaseDurationSeconds must be set", l.Namespace, l.Name)
 	}
 	info.Expires = l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
 	return info, nil
+}
+
+// MaxSlots bounds the slots an agent may announce: the planner sizes its horizons from them, so
+// a Lease written by a buggy or hostile hand must not make it allocate without bound.
+const MaxSlots = 1024
+
+// slots reads a slot-count annotation of l, within 0..MaxSlots.
+func slots(l *coordinationv1.Lease, key string) (int, error) {
+	v := l.Annotations[key]
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > MaxSlots {
+		return 0, fmt.Errorf("lease %s/%s: annotation %s=%q: want a number of slots from 0 to %d", l.Namespace, l.Name, key, v, MaxSlots)
+	}
+	return n, nil
 }

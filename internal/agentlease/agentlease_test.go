@@ -36,6 +36,9 @@ func TestParseRejects(t *testing.T) {
 		"bad slots":      func(l *coordinationv1.Lease) { l.Annotations[AnnotationSlots] = "many" },
 		"no renew time":  func(l *coordinationv1.Lease) { l.Spec.RenewTime = nil },
 		"bad free slots": func(l *coordinationv1.Lease) { delete(l.Annotations, AnnotationFreeSlots) },
+		// The planner sizes horizons from slots: 10^12 would allocate without bound.
+		"10^12 slots":         func(l *coordinationv1.Lease) { l.Annotations[AnnotationSlots] = "1000000000000" },
+		"negative free slots": func(l *coordinationv1.Lease) { l.Annotations[AnnotationFreeSlots] = "-1" },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {

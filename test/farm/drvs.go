@@ -30,13 +30,23 @@ func NewDrvs(t testing.TB) *Drvs {
 // paths made by earlier Adds), and returns its .drv path. salt makes otherwise equal drvs differ.
 func (d *Drvs) Add(t testing.TB, name, system string, salt int, inputs ...string) string {
 	t.Helper()
+	return d.AddOutputs(t, name, system, salt, []string{"out"}, inputs...)
+}
+
+// AddOutputs is Add for a derivation with the given outputs.
+func (d *Drvs) AddOutputs(t testing.TB, name, system string, salt int, outputs []string, inputs ...string) string {
+	t.Helper()
+	outs := make([]derivation.Output, len(outputs))
+	for i, o := range outputs {
+		outs[i] = derivation.Output{Name: o}
+	}
 	drv := &derivation.Derivation{
-		Outputs: []derivation.Output{{Name: "out"}},
+		Outputs: outs,
 		System:  system,
 		Builder: "/bin/sh",
 		Args:    []string{"-c", fmt.Sprintf("echo %d > $out", salt)},
 		Env: []derivation.EnvVar{
-			{Key: "builder", Value: "/bin/sh"}, {Key: "name", Value: name}, {Key: "out", Value: ""}, {Key: "system", Value: system},
+			{Key: "builder", Value: "/bin/sh"}, {Key: "name", Value: name}, {Key: "system", Value: system},
 		},
 	}
 	for _, in := range inputs {
