@@ -152,6 +152,9 @@ type inflight struct {
 	key     client.ObjectKey
 	uid     types.UID
 	attempt int32
+	// stepped is set once the step returned: the agent is reporting, and its own report takes
+	// the Build out of its cache, which must not read as a takeover.
+	stepped atomic.Bool
 }
 
 // New makes an agent. The cache must select Builds with FieldAllocationAgent = cfg.Name
@@ -296,7 +299,7 @@ func (a *Agent) checkUnlisted(ctx context.Context, listed map[types.UID]bool) {
 	a.mu.Lock()
 	var unlisted []*inflight
 	for uid, run := range a.running {
-		if !listed[uid] {
+		if !listed[uid] && !run.stepped.Load() {
 			unlisted = append(unlisted, run)
 		}
 	}
@@ -423,6 +426,7 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 	log := a.log.WithValues("build", klogRef(b), "attempt", b.Status.AttemptCount)
 	alog := newAttemptLog(a.logs, b.Spec.Derivation, b.Status.AttemptCount, a.cfg.MaxLogBytes, a.cfg.LogFlushInterval, a.clock, log)
 	res, err := a.builder.Run(ctx, a.request(b, alog))
+	run.stepped.Store(true)
 	alog.close(context.WithoutCancel(parent))
 	if parent.Err() != nil || a.fenced.Load() {
 		return // shutdown hands the build back; a fenced agent reports nothing
