@@ -6,16 +6,18 @@ package agent
 import (
 	"context"
 	"fmt"
-	"k8s.io/client-go/tools/events"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -53,7 +55,20 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("agent").
 		For(&coordinationv1.Lease{}, builder.WithPredicates(isAgent)).
+		// A Build's attempt names its agent: the agent is looked at even when its Lease vanished
+		// while the controller was down (no Lease event will ever come for it), so no attempt
+		// stays Running for ever on an agent nobody knows.
+		Watches(&farmv1.Build{}, handler.EnqueueRequestsFromMapFunc(attemptAgent)).
 		Complete(r)
+}
+
+// attemptAgent maps a Build with an attempt in flight to its agent's Lease.
+func attemptAgent(_ context.Context, o client.Object) []reconcile.Request {
+	b, ok := o.(*farmv1.Build)
+	if !ok || b.Status.Attempt == nil || b.Status.Attempt.Agent == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: b.Namespace, Name: b.Status.Attempt.Agent}}}
 }
 
 // Reconcile registers a live agent or handles a lost one.
@@ -63,6 +78,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	l := &coordinationv1.Lease{}
 	err := r.Client.Get(ctx, req.NamespacedName, l)
 	if apierrors.IsNotFound(err) {
+		// The cache may only lag behind a new agent's Lease (its claim can reach us first): ask
+		// the apiserver before declaring anything lost.
+		fresh := &coordinationv1.Lease{}
+		if ferr := r.APIReader.Get(ctx, req.NamespacedName, fresh); ferr == nil {
+			return ctrl.Result{RequeueAfter: time.Second}, nil
+		} else if !apierrors.IsNotFound(ferr) {
+			return ctrl.Result{}, fmt.Errorf("reading the Lease of agent %s: %w", req.Name, ferr)
+		}
 		// Deleted: an agent that shut down cleanly released its builds; any left are lost.
 		p.RemoveAgent(req.Name)
 		r.Loop.Kick()

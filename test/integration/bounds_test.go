@@ -95,3 +95,33 @@ func TestBoundsOfWhatOthersWrite(t *testing.T) {
 		return false, strings.Join(evs, "; ")
 	})
 }
+
+// TestRunningOnAnUnknownAgentReturns: a Build left Running on an agent whose Lease is gone (it
+// vanished while the controller was down: no Lease event will ever come) is found through the
+// Build itself, checked on a fresh read, and returned as AgentLost, not left Running for ever.
+func TestRunningOnAnUnknownAgentReturns(t *testing.T) {
+	ctx := context.Background()
+	ns := env.Namespace(t, "ghost")
+	drvs := farm.NewDrvs(t)
+	b := farm.MakeBuild("orphan", ns, drvs.Add(t, "orphan", "x86_64-linux", 1)).Obj()
+	if err := env.Client.Create(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	b.Status.Phase = farmv1.BuildRunning
+	b.Status.AttemptCount = 1
+	b.Status.Allocation = &farmv1.Allocation{Agent: "ghost", PlannedAt: metav1.Now()}
+	b.Status.Attempt = &farmv1.Attempt{Agent: "ghost", Started: metav1.Now()}
+	if err := env.Client.Status().Update(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.Basic})
+	waitFor(t, 20*time.Second, "the orphaned attempt to be returned", func() (bool, string) {
+		got := &farmv1.Build{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(b), got); err != nil {
+			t.Fatal(err)
+		}
+		st := got.Status
+		done := st.Phase != farmv1.BuildRunning && len(st.Attempts) == 1 && st.Attempts[0].Reason == farmv1.ReasonAgentLost
+		return done, fmt.Sprintf("%s, attempts %+v", st.Phase, st.Attempts)
+	})
+}
