@@ -6,6 +6,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -42,6 +43,38 @@ type Reconciler struct {
 	Grace time.Duration
 	// Recorder, when set, says on a malformed Lease why it is ignored.
 	Recorder events.EventRecorder
+
+	// seen is, per agent Lease, the last renewal observed and when this controller observed it:
+	// expiry is judged on the controller's own clock from that moment, never on the agent's
+	// clock (which may be skewed) nor on a cached copy alone.
+	mu   sync.Mutex
+	seen map[types.NamespacedName]renewal
+}
+
+// renewal is one observed renewal of a Lease.
+type renewal struct {
+	renewTime time.Time // as the agent wrote it
+	at        time.Time // when this controller first saw it
+}
+
+// observe records the renewal l shows, now if it is new, and returns when it was first seen.
+func (r *Reconciler) observe(n types.NamespacedName, renewTime, now time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seen == nil {
+		r.seen = map[types.NamespacedName]renewal{}
+	}
+	if old, ok := r.seen[n]; ok && old.renewTime.Equal(renewTime) {
+		return old.at
+	}
+	r.seen[n] = renewal{renewTime: renewTime, at: now}
+	return now
+}
+
+func (r *Reconciler) forget(n types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.seen, n)
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
@@ -87,6 +120,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, fmt.Errorf("reading the Lease of agent %s: %w", req.Name, ferr)
 		}
 		// Deleted: an agent that shut down cleanly released its builds; any left are lost.
+		r.forget(req.NamespacedName)
 		p.RemoveAgent(req.Name)
 		r.Loop.Kick()
 		return ctrl.Result{}, r.failAttempts(ctx, req.Namespace, req.Name, "agent's Lease was deleted")
@@ -104,7 +138,21 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, nil
 	}
 	now := r.Clock.Now()
-	if deadline := info.Expires.Add(r.Grace); now.Before(deadline) {
+	term := info.Expires.Sub(l.Spec.RenewTime.Time) // the Lease's duration
+	seenAt := r.observe(req.NamespacedName, l.Spec.RenewTime.Time, now)
+	deadline := seenAt.Add(term).Add(r.Grace)
+	if !now.Before(deadline) {
+		// Expired as far as the cache shows: a renewal it has not delivered yet would prove
+		// otherwise, so read the Lease afresh before declaring the agent lost.
+		fresh := &coordinationv1.Lease{}
+		if err := r.APIReader.Get(ctx, req.NamespacedName, fresh); err != nil && !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, fmt.Errorf("reading the Lease of agent %s: %w", req.Name, err)
+		} else if err == nil && fresh.Spec.RenewTime != nil && !fresh.Spec.RenewTime.Time.Equal(l.Spec.RenewTime.Time) {
+			seenAt = r.observe(req.NamespacedName, fresh.Spec.RenewTime.Time, now)
+			deadline = seenAt.Add(term).Add(r.Grace)
+		}
+	}
+	if now.Before(deadline) {
 		slots := info.Slots
 		if info.Unhealthy != "" {
 			// An unhealthy agent claims nothing: a horizon on it would hold builds a healthy agent could run.
@@ -116,11 +164,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{RequeueAfter: deadline.Sub(now) + 100*time.Millisecond}, nil
 	}
 
-	log.Info("Agent lost: lease expired", "expired", info.Expires)
+	log.Info("Agent lost: lease expired", "lastRenewalSeen", seenAt, "term", term)
+	r.forget(req.NamespacedName)
 	r.Metrics.AgentsLost.Inc()
 	p.RemoveAgent(req.Name)
 	r.Loop.Kick()
-	if err := r.failAttempts(ctx, req.Namespace, req.Name, fmt.Sprintf("agent's Lease expired at %s", info.Expires.UTC().Format(time.RFC3339))); err != nil {
+	if err := r.failAttempts(ctx, req.Namespace, req.Name, fmt.Sprintf("agent's Lease not renewed for %s since %s (its term, plus %s grace)",
+		now.Sub(seenAt).Round(time.Second), seenAt.UTC().Format(time.RFC3339), r.Grace)); err != nil {
 		return ctrl.Result{}, err
 	}
 	// The resourceVersion precondition keeps a Lease the agent renewed meanwhile.

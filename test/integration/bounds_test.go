@@ -125,3 +125,55 @@ func TestRunningOnAnUnknownAgentReturns(t *testing.T) {
 		return done, fmt.Sprintf("%s, attempts %+v", st.Phase, st.Attempts)
 	})
 }
+
+// TestAgentExpiryOnTheControllersClock: an agent whose clock runs an hour behind renews its Lease
+// with renewTimes an hour old; it is not declared lost while it renews (expiry is judged from when
+// the controller saw each renewal), and it is once it stops.
+func TestAgentExpiryOnTheControllersClock(t *testing.T) {
+	ctx := context.Background()
+	ns := env.Namespace(t, "skew")
+	drvs := farm.NewDrvs(t)
+	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.Basic})
+	skew := -time.Hour
+	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "skewed", Namespace: ns}}
+	agentlease.Apply(l, agentlease.Info{Name: "skewed", Systems: []string{"x86_64-linux"}, Slots: 1, FreeSlots: 0},
+		time.Now().Add(skew), 3*time.Second)
+	if err := env.Client.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	b := farm.MakeBuild("on-skewed", ns, drvs.Add(t, "on-skewed", "x86_64-linux", 1)).Obj()
+	if err := env.Client.Create(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	b.Status.Phase, b.Status.AttemptCount = farmv1.BuildRunning, 1
+	b.Status.Allocation = &farmv1.Allocation{Agent: "skewed", PlannedAt: metav1.Now()}
+	b.Status.Attempt = &farmv1.Attempt{Agent: "skewed", Started: metav1.Now()}
+	if err := env.Client.Status().Update(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	phase := func() farmv1.BuildPhase {
+		got := &farmv1.Build{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(b), got); err != nil {
+			t.Fatal(err)
+		}
+		return got.Status.Phase
+	}
+	for range 8 { // renewing every second for 8 s: more than twice the 3 s term
+		time.Sleep(time.Second)
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(l), l); err != nil {
+			t.Fatal(err)
+		}
+		agentlease.Apply(l, agentlease.Info{Name: "skewed", Systems: []string{"x86_64-linux"}, Slots: 1, FreeSlots: 0},
+			time.Now().Add(skew), 3*time.Second)
+		if err := env.Client.Update(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		if p := phase(); p != farmv1.BuildRunning {
+			t.Fatalf("the Build of an agent that renews its Lease went %s: its clock's skew was taken for expiry", p)
+		}
+	}
+	waitFor(t, 15*time.Second, "the agent to be declared lost once it stopped renewing", func() (bool, string) {
+		p := phase()
+		return p != farmv1.BuildRunning, string(p)
+	})
+}
