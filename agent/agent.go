@@ -265,7 +265,7 @@ func (a *Agent) step(ctx context.Context) {
 		case run == nil && lifecycle.Holds(b, a.cfg.Name):
 			// Ours from an earlier life of this agent (a restart under the same name): that attempt is gone.
 			a.report(ctx, b, func(fresh *farmv1.Build, now time.Time) error {
-				return lifecycle.Fail(fresh, a.cfg.Name, now, farmv1.ReasonAgentLost, "agent restarted during the attempt")
+				return lifecycle.Lose(fresh, a.cfg.Name, now, "agent restarted during the attempt")
 			})
 		case run == nil && lifecycle.Claim(b.DeepCopy(), a.cfg.Name, now) == nil:
 			offers = append(offers, b)

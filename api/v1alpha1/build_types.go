@@ -271,6 +271,13 @@ type BuildStatus struct {
 	// +optional
 	AttemptCount int32 `json:"attemptCount,omitempty"`
 
+	// LostAttempts counts the attempts lost to the farm's own faults (their agent was lost or
+	// restarted): they are retried without spending spec.retry.maxAttempts, the user's budget for
+	// failures of the build itself, up to MaxLostAttempts, past which the Build fails.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	LostAttempts int32 `json:"lostAttempts,omitempty"`
+
 	// Attempts is the history of finished attempts, newest last, bounded.
 	// +optional
 	// +listType=atomic
@@ -295,6 +302,11 @@ type BuildStatus struct {
 	// +optional
 	MissingInputs *MissingInputs `json:"missingInputs,omitempty"`
 }
+
+// MaxLostAttempts is the farm's own budget for attempts lost to its faults (agent loss, agent
+// restart), apart from the user's spec.retry.maxAttempts: a build that keeps killing its agents
+// still ends.
+const MaxLostAttempts = 10
 
 // MaxMissingInputs bounds each list of MissingInputs; More counts the rest.
 const MaxMissingInputs = 32

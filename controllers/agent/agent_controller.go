@@ -181,7 +181,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return ctrl.Result{}, nil
 }
 
-// failAttempts ends the attempts agent had in flight as failed with reason AgentLost; each Build is
+// failAttempts ends the attempts agent had in flight as lost (AgentLost, lifecycle.Lose); each Build is
 // retried (or ends Canceled if it was canceled meanwhile).
 func (r *Reconciler) failAttempts(ctx context.Context, namespace, agent, why string) error {
 	var list farmv1.BuildList
@@ -195,7 +195,7 @@ func (r *Reconciler) failAttempts(ctx context.Context, namespace, agent, why str
 			if err := r.APIReader.Get(ctx, key, b); err != nil {
 				return client.IgnoreNotFound(err)
 			}
-			if err := lifecycle.Fail(b, agent, r.Clock.Now(), farmv1.ReasonAgentLost, why); err != nil {
+			if err := lifecycle.Lose(b, agent, r.Clock.Now(), why); err != nil {
 				return nil // no longer held by that agent
 			}
 			err := r.Client.Status().Update(ctx, b)

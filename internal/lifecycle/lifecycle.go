@@ -95,6 +95,24 @@ func Fail(b *farmv1.Build, agent string, now time.Time, reason, message string) 
 	return nil
 }
 
+// Lose ends the attempt in flight as lost to the farm's own fault (its agent was lost or
+// restarted): it is retried like a failure, but counted in status.lostAttempts, not against the
+// user's spec.retry.maxAttempts, up to farmv1.MaxLostAttempts.
+func Lose(b *farmv1.Build, agent string, now time.Time, message string) error {
+	if !Holds(b, agent) {
+		return ErrNotHolder
+	}
+	endAttempt(b, now, farmv1.AttemptFailed, farmv1.ReasonAgentLost, message)
+	b.Status.LostAttempts++
+	if b.Status.LostAttempts >= farmv1.MaxLostAttempts && !b.Spec.Canceled {
+		finish(b, now, farmv1.BuildFailed, metav1.ConditionFalse, farmv1.ReasonAgentLost,
+			fmt.Sprintf("%d attempts lost to agent failures; last: %s", b.Status.LostAttempts, message))
+		return nil
+	}
+	requeueOrFinish(b, now, farmv1.ReasonAgentLost, message, true)
+	return nil
+}
+
 // FailFinal ends the attempt in flight as failed and the Build with it, whatever attempts remain:
 // for failures another attempt would only repeat (a timeout, a log past its limit). reason is the
 // Succeeded condition's reason, so `kubectl get` shows why.
@@ -196,9 +214,10 @@ func requeueOrFinish(b *farmv1.Build, now time.Time, reason, message string, bac
 		return
 	}
 	maxAttempts, base, maxBackoff := retryPolicy(b.Spec.Retry)
-	if b.Status.AttemptCount >= maxAttempts {
+	// The user's budget: attempts lost to the farm's faults (Lose) do not count.
+	if spent := b.Status.AttemptCount - b.Status.LostAttempts; spent >= maxAttempts {
 		finish(b, now, farmv1.BuildFailed, metav1.ConditionFalse, farmv1.ReasonRetriesExceeded,
-			fmt.Sprintf("%d of %d attempts failed; last: %s: %s", b.Status.AttemptCount, maxAttempts, reason, message))
+			fmt.Sprintf("%d of %d attempts failed; last: %s: %s", spent, maxAttempts, reason, message))
 		return
 	}
 	b.Status.Phase = farmv1.BuildPending

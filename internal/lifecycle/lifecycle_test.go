@@ -160,3 +160,43 @@ func TestFailUnstarted(t *testing.T) {
 		t.Errorf("a refused FailUnstarted changed the phase to %s", r.Status.Phase)
 	}
 }
+
+// Attempts lost to the farm's faults do not spend the user's retry budget; the farm's own budget
+// still ends a Build that keeps losing its agents.
+func TestLoseSparesTheRetryBudget(t *testing.T) {
+	b := running("a1", 1, &farmv1.RetryPolicy{MaxAttempts: 2})
+	for i := range 5 {
+		if err := Lose(b, "a1", now, "agent's Lease expired"); err != nil {
+			t.Fatal(err)
+		}
+		if b.Status.Phase != farmv1.BuildPending {
+			t.Fatalf("after %d losses: %s, want Pending (a lost attempt is not the build's failure)", i+1, b.Status.Phase)
+		}
+		b.Status.Allocation = &farmv1.Allocation{Agent: "a1"}
+		b.Status.RetryAfter = nil
+		if err := Claim(b, "a1", now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.Status.LostAttempts != 5 || b.Status.AttemptCount != 6 {
+		t.Errorf("lost %d of %d attempts, want 5 of 6", b.Status.LostAttempts, b.Status.AttemptCount)
+	}
+	// One real failure of two allowed: retried.
+	if err := Fail(b, "a1", now, farmv1.ReasonBuildFailed, "exit 1"); err != nil || b.Status.Phase != farmv1.BuildPending {
+		t.Fatalf("after one failure: %s (%v), want Pending", b.Status.Phase, err)
+	}
+	// The farm's budget: MaxLostAttempts losses end it.
+	for b.Status.Phase == farmv1.BuildPending {
+		b.Status.Allocation = &farmv1.Allocation{Agent: "a1"}
+		b.Status.RetryAfter = nil
+		if err := Claim(b, "a1", now); err != nil {
+			t.Fatal(err)
+		}
+		if err := Lose(b, "a1", now, "agent restarted during the attempt"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.Status.Phase != farmv1.BuildFailed || b.Status.LostAttempts != farmv1.MaxLostAttempts {
+		t.Errorf("%s after %d losses, want Failed after %d", b.Status.Phase, b.Status.LostAttempts, farmv1.MaxLostAttempts)
+	}
+}
