@@ -598,7 +598,20 @@ func (a *Agent) shutdown() {
 	_ = a.cache.List(ctx, &list, client.InNamespace(a.cfg.Namespace))
 	for _, run := range runs {
 		run.cancel()
-		<-run.done
+	}
+	// A step stuck where cancellation does not reach (a daemon that does not answer) must not
+	// hold the shutdown: half the release timeout for the steps, the rest for the reports. A step
+	// that returns later reports nothing (its parent context is gone), and the process's exit
+	// closes its daemon connection, which stops its build.
+	wait := time.NewTimer(a.cfg.ReleaseTimeout / 2)
+	defer wait.Stop()
+	for _, run := range runs {
+		select {
+		case <-run.done:
+		case <-wait.C:
+			a.log.Info("Builds did not stop within half the release timeout; releasing them anyway", "timeout", a.cfg.ReleaseTimeout)
+			wait.Reset(0) // do not wait for the others either
+		}
 	}
 	for i := range list.Items {
 		b := &list.Items[i]

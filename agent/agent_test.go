@@ -727,3 +727,24 @@ func TestUnlistedBuildDuringAnOutageRunsOn(t *testing.T) {
 		t.Fatal("the step still runs once a read shows the Build taken")
 	}
 }
+
+// A step that ignores cancellation (stuck in a daemon that does not answer) does not hold the
+// agent's shutdown past its release timeout: the Build is still handed back.
+func TestShutdownBoundedByTheReleaseTimeout(t *testing.T) {
+	h := newHarness(t, []*farmv1.Build{ours("b1")}, func(c *Config, _ *Deps) { c.ReleaseTimeout = 2 * time.Second })
+	h.step.stubborn.Store(true)
+	h.start()
+	r := h.step.next(t)
+	defer r.finish(buildstep.Result{}, errors.New("let the stuck step go"))
+	start := time.Now()
+	if err := h.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutdown took %s with a 2s release timeout", d)
+	}
+	if b := h.get("b1"); b.Status.Phase != farmv1.BuildPending || len(b.Status.Attempts) != 1 ||
+		b.Status.Attempts[0].Reason != farmv1.ReasonAgentReleased {
+		t.Errorf("status %+v: want the Build handed back (AgentReleased)", b.Status)
+	}
+}

@@ -239,6 +239,8 @@ func (r *stepRun) write(t *testing.T, s string) {
 // as a real step stops its build.
 type fakeStep struct {
 	started chan *stepRun
+	// stubborn makes runs ignore their ctx, as a step stuck in a daemon that does not answer.
+	stubborn atomic.Bool
 
 	mu   sync.Mutex
 	runs []*stepRun
@@ -252,10 +254,14 @@ func (s *fakeStep) Run(ctx context.Context, req buildstep.Request) (buildstep.Re
 	s.runs = append(s.runs, r)
 	s.mu.Unlock()
 	s.started <- r
+	done := ctx.Done()
+	if s.stubborn.Load() {
+		done = nil
+	}
 	select {
 	case res := <-r.result:
 		return res.res, res.err
-	case <-ctx.Done():
+	case <-done:
 		return buildstep.Result{}, ctx.Err()
 	}
 }
