@@ -29,15 +29,7 @@ import (
 // a Build whose .drv does not parse (no retry can help it) without an attempt.
 func TestBucketIsTheSource(t *testing.T) {
 	ctx := context.Background()
-	m := testbed.StartMinIO(t)
-	cfg := bucket.Config{Endpoint: m.Endpoint, Bucket: "substitutes", AccessKey: m.AccessKey, SecretKey: m.SecretKey, AllowUnsigned: true}
-	pub, err := bucket.NewPublisher(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pub.EnsureBucket(ctx); err != nil {
-		t.Fatal(err)
-	}
+	cfg, pub := unsignedBucket(t)
 	drvs := farm.NewDrvs(t)
 	built := drvs.Add(t, "already-built", "x86_64-linux", 1)
 	fresh := drvs.Add(t, "fresh", "x86_64-linux", 2)
@@ -116,6 +108,22 @@ func TestBucketIsTheSource(t *testing.T) {
 	t.Logf("missing .drv: %s", meta.FindStatusCondition(get("missing").Status.Conditions, farmv1.BuildConditionDerivationReadable).Message)
 }
 
+// unsignedBucket starts MinIO with a bucket "substitutes" and an unsigned publisher into it (the
+// controller-side tests need the objects, not signatures).
+func unsignedBucket(t *testing.T) (bucket.Config, *bucket.Publisher) {
+	t.Helper()
+	m := testbed.StartMinIO(t)
+	cfg := bucket.Config{Endpoint: m.Endpoint, Bucket: "substitutes", AccessKey: m.AccessKey, SecretKey: m.SecretKey, AllowUnsigned: true}
+	pub, err := bucket.NewPublisher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.EnsureBucket(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, pub
+}
+
 // switchStore is the bucket as the availability owner sees it, through a reader with wrong
 // credentials until the test fixes them.
 type switchStore struct {
@@ -135,15 +143,7 @@ func (s *switchStore) Present(ctx context.Context, path string) (bool, error) {
 // stalling, and ends Succeeded without building once the credentials are right.
 func TestSkipCheckSurvivesBucketErrors(t *testing.T) {
 	ctx := context.Background()
-	m := testbed.StartMinIO(t)
-	cfg := bucket.Config{Endpoint: m.Endpoint, Bucket: "substitutes", AccessKey: m.AccessKey, SecretKey: m.SecretKey, AllowUnsigned: true}
-	pub, err := bucket.NewPublisher(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pub.EnsureBucket(ctx); err != nil {
-		t.Fatal(err)
-	}
+	cfg, pub := unsignedBucket(t)
 	drvs := farm.NewDrvs(t)
 	built := drvs.Add(t, "built-elsewhere", "x86_64-linux", 1)
 	data, err := os.ReadFile(filepath.Join(drvs.Dir, filepath.Base(built)))

@@ -28,7 +28,6 @@ import (
 	"github.com/guixfarm/guix-farm/internal/gc/bucketgc"
 	"github.com/guixfarm/guix-farm/internal/storepath"
 	"github.com/guixfarm/guix-farm/test/farm"
-	"github.com/guixfarm/guix-farm/test/testbed"
 )
 
 // gcFarm is a farm's bucket (a real MinIO) and Builds (a real apiserver) for GC tests.
@@ -155,15 +154,7 @@ func (f *gcFarm) keysOf(paths ...string) []string {
 //     nobody has a Build of lost its outputs.
 func TestGCKeepsWhatTheFarmNeeds(t *testing.T) {
 	ctx := context.Background()
-	m := testbed.StartMinIO(t)
-	cfg := bucket.Config{Endpoint: m.Endpoint, Bucket: "substitutes", AccessKey: m.AccessKey, SecretKey: m.SecretKey, AllowUnsigned: true}
-	pub, err := bucket.NewPublisher(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pub.EnsureBucket(ctx); err != nil {
-		t.Fatal(err)
-	}
+	cfg, pub := unsignedBucket(t)
 	reader, err := bucket.NewReader(cfg, bucket.ReaderOptions{})
 	if err != nil {
 		t.Fatal(err)
