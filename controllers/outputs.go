@@ -9,7 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	"github.com/guixfarm/guix-farm/controllers/build"
+	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/derivation"
 	"github.com/guixfarm/guix-farm/internal/gc"
@@ -35,7 +35,7 @@ type BuildRoots struct {
 	Client client.Reader
 	// Facts reads the .drv files (the controller's cached derivation source). Required when
 	// any Build is live.
-	Facts build.FactsSource
+	Facts builds.FactsSource
 	// Namespace, when set, limits the roots to its Builds (the controller's cache already is).
 	Namespace string
 	// Selector, when set, limits the roots to Builds with matching labels: roots declared by

@@ -15,7 +15,7 @@ import (
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	agentctrl "github.com/guixfarm/guix-farm/controllers/agent"
 	"github.com/guixfarm/guix-farm/controllers/agentpool"
-	"github.com/guixfarm/guix-farm/controllers/build"
+	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/controllers/planning"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/index"
@@ -27,7 +27,7 @@ import (
 type Options struct {
 	Strategy planner.Strategy
 	// Facts reads .drv files.
-	Facts build.FactsSource
+	Facts builds.FactsSource
 	// Bucket (optional) is the farm's bucket as the availability owner asks it (a
 	// bucket.Reader). Without it, only the farm's own successes make outputs available.
 	Bucket availability.Store
@@ -89,7 +89,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	var owner *availability.Owner
 	p := planner.New(planner.Options{Strategy: o.Strategy, ExpectedBuilds: o.ExpectedBuilds, SkipInitialWaits: true,
 		Lookup: func(drv string) (bool, bool) { return owner.Peek(drv) }})
-	br := &build.Reconciler{
+	br := &builds.Reconciler{
 		Client: mgr.GetClient(), Facts: o.Facts, Clock: o.Clock,
 		Recorder: mgr.GetEventRecorder("guix-farm"), Metrics: o.Metrics, DefaultTTL: o.BuildTTL,
 		MaxConcurrentReconciles: max(o.BuildWorkers, 1),
@@ -145,7 +145,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 }
 
 // outputPaths adapts the facts cache to the availability owner: a derivation's output paths.
-func outputPaths(f build.FactsSource) availability.Outputs {
+func outputPaths(f builds.FactsSource) availability.Outputs {
 	return func(ctx context.Context, drv string) ([]string, error) {
 		facts, err := f.Get(ctx, drv)
 		if err != nil {

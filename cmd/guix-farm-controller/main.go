@@ -24,7 +24,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
-	"github.com/guixfarm/guix-farm/controllers/build"
+	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/gc"
@@ -189,7 +189,7 @@ func (g *gcFlags) bind(fs *flag.FlagSet) {
 // add adds the GC Scheduler to mgr: the farm's Builds are roots, the declared policy (if any)
 // adds more, and deletions are told to the availability owner. A bad configuration is refused
 // here, at start, not at every run.
-func (g *gcFlags) add(mgr ctrl.Manager, bcfg bucket.Config, facts build.FactsSource, farm *controllers.Farm, log logr.Logger) error {
+func (g *gcFlags) add(mgr ctrl.Manager, bcfg bucket.Config, facts builds.FactsSource, farm *controllers.Farm, log logr.Logger) error {
 	mode, err := gc.ParseMode(g.policy)
 	if err != nil {
 		return fmt.Errorf("--gc-policy: %w", err)

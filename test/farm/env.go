@@ -27,7 +27,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
-	"github.com/guixfarm/guix-farm/controllers/build"
+	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/metrics"
@@ -109,7 +109,7 @@ type ControllerOptions struct {
 	Log      logr.Logger
 	// Facts replaces the drv directory as the derivation source; Bucket is what the
 	// availability owner asks (a bucket.Reader).
-	Facts  build.FactsSource
+	Facts  builds.FactsSource
 	Bucket availability.Store
 	// Metrics, when set, receives the controller's metrics (a test reads them back).
 	Metrics *metrics.Metrics

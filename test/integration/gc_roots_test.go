@@ -19,7 +19,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
-	"github.com/guixfarm/guix-farm/controllers/build"
+	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/derivation"
@@ -189,7 +189,7 @@ func TestGCKeepsWhatTheFarmNeeds(t *testing.T) {
 	f.build("pending", pendingDrv, farmv1.BuildPending, "")
 	f.build("running", runningDrv, farmv1.BuildRunning, "")
 	f.build("succeeded", okDrv, farmv1.BuildSucceeded, farmv1.ReasonSucceeded, okOut)
-	f.build("skipped", skipDrv, farmv1.BuildSucceeded, build.ReasonOutputsAvailable, skipOut)
+	f.build("skipped", skipDrv, farmv1.BuildSucceeded, builds.ReasonOutputsAvailable, skipOut)
 	f.build("failed", failedDrv, farmv1.BuildFailed, "")
 	ttl := f.build("ttl-deleted", ttlDrv, farmv1.BuildSucceeded, farmv1.ReasonSucceeded, ttlOut)
 	if err := env.Client.Delete(ctx, ttl); err != nil {

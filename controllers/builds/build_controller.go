@@ -1,8 +1,8 @@
-// Package build reconciles Builds: it learns each derivation's facts, feeds the planner, writes
+// Package builds reconciles Builds: it learns each derivation's facts, feeds the planner, writes
 // the planner's allocations and wait reasons, cancels, skips what is already built, creates Builds
 // for missing inputs and deletes finished Builds after their TTL. One status patch per reconcile,
 // with optimistic locking, so it never overwrites an agent's claim.
-package build
+package builds
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package build
+package builds
 
 import (
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
