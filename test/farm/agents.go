@@ -51,22 +51,32 @@ func (e *Env) StartAgent(t testing.TB, kubeconfig, namespace string, s AgentSpec
 		"--systems", strings.Join(s.Systems, ","), "--features", strings.Join(s.Features, ","),
 		"--slots", fmt.Sprint(max(s.Slots, 1)), "--builder", "test", "--test-duration", s.TestDuration.String(),
 		"--lease-duration", s.LeaseDuration.String(), "--test-record", s.Record}
-	logf, err := os.Create(filepath.Join(t.TempDir(), s.Name+".log"))
+	return startAgentProcess(t, s.Name, bin, args, nil, 4000)
+}
+
+// startAgentProcess runs an agent binary with args (and env added to the test's), logging to a
+// file whose last logTail bytes the test prints if it fails; it is stopped when the test ends.
+func startAgentProcess(t testing.TB, name, bin string, args, env []string, logTail int) *AgentProcess {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting agent %s: %v", s.Name, err)
+		t.Fatalf("starting agent %s: %v", name, err)
 	}
-	p := &AgentProcess{Name: s.Name, Cmd: cmd, log: logf, done: make(chan struct{})}
+	p := &AgentProcess{Name: name, Cmd: cmd, log: logf, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.Stop()
 		if t.Failed() {
 			data, _ := os.ReadFile(logf.Name())
-			t.Logf("agent %s log:\n%s", s.Name, tail(string(data), 4000))
+			t.Logf("agent %s log:\n%s", name, tail(string(data), logTail))
 		}
 	})
 	return p
@@ -176,24 +186,6 @@ func (e *Env) StartDaemonAgent(t testing.TB, kubeconfig, namespace string, s Dae
 		args = append(args, "--pool", s.Pool)
 	}
 	args = append(args, s.Args...)
-	logf, err := os.Create(filepath.Join(t.TempDir(), s.Name+".log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+s.AccessKey, "AWS_SECRET_ACCESS_KEY="+s.SecretKey)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting agent %s: %v", s.Name, err)
-	}
-	p := &AgentProcess{Name: s.Name, Cmd: cmd, log: logf, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.Stop()
-		if t.Failed() {
-			data, _ := os.ReadFile(logf.Name())
-			t.Logf("agent %s log:\n%s", s.Name, tail(string(data), 8000))
-		}
-	})
-	return p
+	return startAgentProcess(t, s.Name, bin, args,
+		[]string{"AWS_ACCESS_KEY_ID=" + s.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s.SecretKey}, 8000)
 }

@@ -49,19 +49,7 @@ func TestBucketIsTheSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishFile(invalid, garbage)
-	data, err := os.ReadFile(filepath.Join(drvs.Dir, filepath.Base(built)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := derivation.Parse(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), "out")
-	if err := os.WriteFile(out, []byte("built elsewhere\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	publishFile(parsed.OutputPaths()["out"], out)
+	publishBuiltElsewhere(t, pub, drvs, built)
 
 	reader, err := bucket.NewReader(cfg, bucket.ReaderOptions{})
 	if err != nil {
@@ -124,6 +112,26 @@ func unsignedBucket(t *testing.T) (bucket.Config, *bucket.Publisher) {
 	return cfg, pub
 }
 
+// publishBuiltElsewhere publishes an "out" output for drv (one of drvs), as if built elsewhere.
+func publishBuiltElsewhere(t *testing.T, pub *bucket.Publisher, drvs *farm.Drvs, drv string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(drvs.Dir, filepath.Base(drv)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := derivation.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.WriteFile(out, []byte("built elsewhere\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(context.Background(), bucket.DiskItem(parsed.OutputPaths()["out"], out)); err != nil {
+		t.Fatalf("publishing the output of %s: %v", drv, err)
+	}
+}
+
 // switchStore is the bucket as the availability owner sees it, through a reader with wrong
 // credentials until the test fixes them.
 type switchStore struct {
@@ -146,24 +154,11 @@ func TestSkipCheckSurvivesBucketErrors(t *testing.T) {
 	cfg, pub := unsignedBucket(t)
 	drvs := farm.NewDrvs(t)
 	built := drvs.Add(t, "built-elsewhere", "x86_64-linux", 1)
-	data, err := os.ReadFile(filepath.Join(drvs.Dir, filepath.Base(built)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := derivation.Parse(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), "out")
-	if err := os.WriteFile(out, []byte("built elsewhere\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pub.Publish(ctx, bucket.DiskItem(parsed.OutputPaths()["out"], out)); err != nil {
-		t.Fatal(err)
-	}
+	publishBuiltElsewhere(t, pub, drvs, built)
 	badCfg := cfg
 	badCfg.SecretKey = "not-the-secret-key"
 	store := &switchStore{}
+	var err error
 	if store.bad, err = bucket.NewReader(badCfg, bucket.ReaderOptions{}); err != nil {
 		t.Fatal(err)
 	}
