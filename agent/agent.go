@@ -131,13 +131,17 @@ type Agent struct {
 
 	// unhealthy says why the agent claims nothing now ("" while healthy).
 	unhealthy atomic.Pointer[string]
-	// fenced is set once the agent lost its Lease: the controller owns its attempts.
-	fenced atomic.Bool
+	// lastRenewal is when the Lease was last renewed (unix nanoseconds on a.clock). Past the
+	// Lease's term without a renewal the agent claims nothing: the controller may count it lost.
+	lastRenewal atomic.Int64
 
 	wake      chan struct{}
 	leaseWake chan struct{}
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// term is the UID of the agent's Lease: the owner token its claims carry. It changes when the
+	// Lease was deleted (the controller declared the agent lost) and the agent makes a new one.
+	term    types.UID
 	running map[types.UID]*inflight
 	// finished holds the attempt number of each attempt this process reported, until the cache
 	// catches up: a lagging cache still shows such a build as ours (or not yet claimed), and acting
@@ -152,6 +156,10 @@ type inflight struct {
 	key     client.ObjectKey
 	uid     types.UID
 	attempt int32
+	lease   types.UID
+	// fenced is set when the Lease term the attempt was claimed in ended: another agent may run
+	// it now, so nothing of it is published or reported.
+	fenced atomic.Bool
 	// stepped is set once the step returned: the agent is reporting, and its own report takes
 	// the Build out of its cache, which must not read as a takeover.
 	stepped atomic.Bool
@@ -206,8 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("Agent ready", "systems", a.cfg.Systems, "slots", a.cfg.Slots)
 
-	leaseErr := make(chan error, 1)
-	go func() { leaseErr <- a.holdLease(ctx) }()
+	go a.holdLease(ctx)
 	go a.watchHealth(ctx)
 
 	tick := a.clock.NewTicker(time.Second)
@@ -218,14 +225,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			a.shutdown()
 			return nil
-		case err := <-leaseErr:
-			if ctx.Err() != nil { // both ready at a stop: the stop wins, so builds are released
-				a.shutdown()
-				return nil
-			}
-			// Fencing: without a live Lease the controller may give our builds to others.
-			a.abortAll()
-			return err
 		case <-a.wake:
 		case <-tick.C():
 		}
@@ -258,16 +257,16 @@ func (a *Agent) step(ctx context.Context) {
 		case run == nil && a.stale(b):
 			// A copy from before our own report: the cache has not caught up yet.
 		case run != nil && (b.Spec.Canceled || b.Status.Phase.Finished() ||
-			(b.Status.Attempt != nil && b.Status.Attempt.Agent != a.cfg.Name)):
+			(b.Status.Attempt != nil && (b.Status.Attempt.Agent != a.cfg.Name || b.Status.AttemptCount > run.attempt))):
 			// Canceled, or taken from us (declared lost while partitioned): stop the work.
 			run.cancel()
 		case run != nil:
 		case run == nil && lifecycle.Holds(b, a.cfg.Name):
 			// Ours from an earlier life of this agent (a restart under the same name): that attempt is gone.
-			a.report(ctx, b, func(fresh *farmv1.Build, now time.Time) error {
+			a.report(ctx, b, nil, func(fresh *farmv1.Build, now time.Time) error {
 				return lifecycle.Lose(fresh, a.cfg.Name, now, "agent restarted during the attempt")
 			})
-		case run == nil && lifecycle.Claim(b.DeepCopy(), a.cfg.Name, now) == nil:
+		case run == nil && lifecycle.Claim(b.DeepCopy(), a.cfg.Name, "", now) == nil:
 			offers = append(offers, b)
 		}
 	}
@@ -294,7 +293,7 @@ func (a *Agent) step(ctx context.Context) {
 // agent lost and requeued the Build), a finish or a delete clears that, so the loop above never
 // sees them again. A fresh read decides: a Build gone, re-created, canceled or no longer held by
 // this attempt stops it (its report then finds it lost, and publishes nothing). A failed read (an
-// apiserver outage) decides nothing: the attempt goes on, fenced by the Lease's term.
+// apiserver outage) decides nothing: the attempt goes on, fenced by the Lease's term (renewLease).
 func (a *Agent) checkUnlisted(ctx context.Context, listed map[types.UID]bool) {
 	a.mu.Lock()
 	var unlisted []*inflight
@@ -313,7 +312,7 @@ func (a *Agent) checkUnlisted(ctx context.Context, listed map[types.UID]bool) {
 			run.cancel()
 		case err != nil:
 			a.log.V(1).Info("Cannot check an attempt the cache no longer lists; it goes on", "build", run.key.String(), "error", err.Error())
-		case got.UID != run.uid || got.Spec.Canceled || !lifecycle.Holds(got, a.cfg.Name) || got.Status.AttemptCount != run.attempt:
+		case got.UID != run.uid || got.Spec.Canceled || !lifecycle.Owns(got, a.cfg.Name, run.lease, run.attempt):
 			a.log.Info("Attempt no longer ours; stopping it", "build", run.key.String(), "attempt", run.attempt)
 			run.cancel()
 		}
@@ -360,14 +359,24 @@ func (a *Agent) pruneFinished(cached []farmv1.Build) {
 	}
 }
 
-// free is the number of builds the agent would claim now: none while it is unhealthy.
+// free is the number of builds the agent would claim now: none while it is unhealthy, nor while
+// its Lease is past its term (the controller may be declaring it lost), nor before it has a Lease.
 func (a *Agent) free() int {
-	if a.unhealthyReason() != "" {
+	if a.unhealthyReason() != "" || a.lapsed() {
 		return 0
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.term == "" {
+		return 0
+	}
 	return a.cfg.Slots - len(a.running)
+}
+
+// lapsed says whether the Lease has gone a whole term without renewal.
+func (a *Agent) lapsed() bool {
+	last := a.lastRenewal.Load()
+	return last != 0 && a.clock.Since(time.Unix(0, last)) >= a.cfg.LeaseDuration
 }
 
 // claim reserves a slot for b, then takes b in the background with a status update carrying its
@@ -375,13 +384,21 @@ func (a *Agent) free() int {
 // slot is free again. Claims run concurrently, so one slow write does not hold back the others.
 func (a *Agent) claim(ctx context.Context, b *farmv1.Build) {
 	b = b.DeepCopy()
-	if err := lifecycle.Claim(b, a.cfg.Name, a.clock.Now()); err != nil {
+	a.mu.Lock()
+	term := a.term
+	a.mu.Unlock()
+	if term == "" || lifecycle.Claim(b, a.cfg.Name, term, a.clock.Now()) != nil {
 		return
 	}
 	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	run := &inflight{cancel: cancel, done: make(chan struct{}), key: client.ObjectKeyFromObject(b), uid: b.UID,
-		attempt: b.Status.AttemptCount}
+		attempt: b.Status.AttemptCount, lease: term}
 	a.mu.Lock()
+	if a.term != term { // the term ended while we prepared: a claim in it would be fenced at once
+		a.mu.Unlock()
+		cancel()
+		return
+	}
 	a.running[b.UID] = run // before the write, so a fast cache event never sees an orphan
 	a.mu.Unlock()
 	go func() {
@@ -425,24 +442,24 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 	}()
 	log := a.log.WithValues("build", klogRef(b), "attempt", b.Status.AttemptCount)
 	alog := newAttemptLog(a.logs, b.Spec.Derivation, b.Status.AttemptCount, a.cfg.MaxLogBytes, a.cfg.LogFlushInterval, a.clock, log)
-	res, err := a.builder.Run(ctx, a.request(b, alog))
+	res, err := a.builder.Run(ctx, a.request(b, run, alog))
 	run.stepped.Store(true)
 	alog.close(context.WithoutCancel(parent))
-	if parent.Err() != nil || a.fenced.Load() {
-		return // shutdown hands the build back; a fenced agent reports nothing
+	if parent.Err() != nil || run.fenced.Load() {
+		return // shutdown hands the build back; a fenced attempt reports nothing
 	}
 	rctx := context.WithoutCancel(parent)
 	switch {
 	case err == nil:
 		a.metrics.Results.WithLabelValues(string(farmv1.AttemptSucceeded)).Inc()
 		log.Info("Build succeeded")
-		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
+		a.report(rctx, b, run, func(f *farmv1.Build, now time.Time) error {
 			return lifecycle.Succeed(f, a.cfg.Name, now, mergeOutputs(f.Status.Outputs, res.Outputs))
 		})
 	case ctx.Err() != nil:
 		a.metrics.Results.WithLabelValues(string(farmv1.AttemptCanceled)).Inc()
 		log.Info("Build aborted")
-		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
+		a.report(rctx, b, run, func(f *farmv1.Build, now time.Time) error {
 			if !lifecycle.Holds(f, a.cfg.Name) {
 				return lifecycle.ErrNotHolder
 			}
@@ -462,19 +479,19 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 		if kind == buildstep.KindAgentUnhealthy && a.health != nil {
 			a.setUnhealthy(err.Error()) // the health loop clears it once the check passes
 		}
-		a.report(rctx, b, func(f *farmv1.Build, now time.Time) error {
+		a.report(rctx, b, run, func(f *farmv1.Build, now time.Time) error {
 			return buildstep.Finish(f, a.cfg.Name, now, err)
 		})
 	}
 }
 
 // request is what the step learns of b.
-func (a *Agent) request(b *farmv1.Build, log *attemptLog) buildstep.Request {
+func (a *Agent) request(b *farmv1.Build, run *inflight, log *attemptLog) buildstep.Request {
 	req := buildstep.Request{
 		Build: klogRef(b), Derivation: b.Spec.Derivation, System: b.Status.System, Attempt: b.Status.AttemptCount,
 		Agent: a.cfg.Name, Log: log,
 		Limits:     buildstep.Limits{Timeout: a.cfg.BuildTimeout, MaxSilent: a.cfg.MaxSilent, MaxLogBytes: a.cfg.MaxLogBytes},
-		StillOwned: func(ctx context.Context) error { return a.stillOwned(ctx, b) },
+		StillOwned: func(ctx context.Context) error { return a.stillOwned(ctx, run) },
 	}
 	if s := b.Spec.TimeoutSeconds; s != nil {
 		req.Limits.Timeout = time.Duration(*s) * time.Second
@@ -496,22 +513,42 @@ func (a *Agent) request(b *farmv1.Build, log *attemptLog) buildstep.Request {
 	return req
 }
 
-// stillOwned reads b afresh from the apiserver (not the cache, which may lag behind a takeover)
-// and says whether this agent still runs the attempt it claimed.
-func (a *Agent) stillOwned(ctx context.Context, b *farmv1.Build) error {
-	got := &farmv1.Build{}
-	if err := a.client.Get(ctx, client.ObjectKeyFromObject(b), got); err != nil {
-		return fmt.Errorf("checking ownership of %s: %w", klogRef(b), err)
+// stillOwned reads the Build afresh from the apiserver (not the cache, which may lag behind a
+// takeover) and says whether this agent still runs the attempt it claimed, in the same Lease term.
+// While the apiserver cannot answer it waits and asks again: an outage proves nothing either way,
+// and the result is worth keeping until it can be reported (the attempt's own cancellation, by a
+// fence or a shutdown, ends the wait).
+func (a *Agent) stillOwned(ctx context.Context, run *inflight) error {
+	backoff := 200 * time.Millisecond
+	for {
+		if run.fenced.Load() {
+			return fmt.Errorf("attempt %d of %s: the Lease term it was claimed in ended: %w", run.attempt, run.key, lifecycle.ErrNotHolder)
+		}
+		got := &farmv1.Build{}
+		err := a.client.Get(ctx, run.key, got)
+		switch {
+		case apierrors.IsNotFound(err):
+			return fmt.Errorf("build %s was deleted", run.key)
+		case err != nil:
+			if ctx.Err() != nil {
+				return fmt.Errorf("checking ownership of %s: %w", run.key, ctx.Err())
+			}
+			a.log.Info("Cannot check ownership before publishing; holding the result", "build", run.key.String(), "error", err.Error())
+			select {
+			case <-ctx.Done():
+			case <-a.clock.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		case got.UID != run.uid:
+			return fmt.Errorf("build %s was deleted and re-created", run.key)
+		case got.Spec.Canceled:
+			return fmt.Errorf("build %s was canceled", run.key)
+		case !lifecycle.Owns(got, a.cfg.Name, run.lease, run.attempt):
+			return fmt.Errorf("attempt %d of %s is no longer held by %s: %w", run.attempt, run.key, a.cfg.Name, lifecycle.ErrNotHolder)
+		}
+		return nil
 	}
-	switch {
-	case got.UID != b.UID:
-		return fmt.Errorf("build %s was deleted and re-created", klogRef(b))
-	case got.Spec.Canceled:
-		return fmt.Errorf("build %s was canceled", klogRef(b))
-	case !lifecycle.Holds(got, a.cfg.Name) || got.Status.AttemptCount != b.Status.AttemptCount:
-		return fmt.Errorf("attempt %d of %s is no longer held by %s: %w", b.Status.AttemptCount, klogRef(b), a.cfg.Name, lifecycle.ErrNotHolder)
-	}
-	return nil
 }
 
 // withTail gives a failure without the log's last lines those the agent kept.
@@ -530,8 +567,19 @@ func withTail(err error, tail []string) error {
 
 // report applies change to b and writes it. It first tries the copy it holds (after a claim, the
 // agent is usually the last writer, which saves a read); on a conflict it re-reads and retries. It
-// gives up when the agent no longer holds the attempt (the controller declared it lost).
-func (a *Agent) report(ctx context.Context, b *farmv1.Build, change func(*farmv1.Build, time.Time) error) {
+// gives up when the agent no longer holds the attempt (the controller declared it lost) or, for
+// an attempt run by this process (run not nil), when the Build shows another attempt or Lease term
+// of this agent, or the attempt was fenced meanwhile.
+func (a *Agent) report(ctx context.Context, b *farmv1.Build, run *inflight, change func(*farmv1.Build, time.Time) error) {
+	if run != nil {
+		inner := change
+		change = func(f *farmv1.Build, now time.Time) error {
+			if run.fenced.Load() || !lifecycle.Owns(f, a.cfg.Name, run.lease, run.attempt) {
+				return lifecycle.ErrNotHolder
+			}
+			return inner(f, now)
+		}
+	}
 	log := a.log.WithValues("build", klogRef(b))
 	backoff := 100 * time.Millisecond
 	failed := func(err error, what string) bool { // logs, waits, and says whether to give up
@@ -616,7 +664,7 @@ func (a *Agent) shutdown() {
 	for i := range list.Items {
 		b := &list.Items[i]
 		if _, ok := runs[b.UID]; ok {
-			a.report(ctx, b, func(f *farmv1.Build, now time.Time) error {
+			a.report(ctx, b, runs[b.UID], func(f *farmv1.Build, now time.Time) error {
 				return lifecycle.Release(f, a.cfg.Name, now, farmv1.ReasonAgentReleased, "agent shut down")
 			})
 		}
@@ -628,13 +676,17 @@ func (a *Agent) shutdown() {
 	a.log.Info("Agent stopped")
 }
 
-// abortAll stops every attempt without reporting: the controller owns them once the Lease is gone.
-func (a *Agent) abortAll() {
-	a.fenced.Store(true)
+// fenceTerm ends the Lease term old: its attempts stop without publishing or reporting anything,
+// since the controller declared the agent lost and may have given them to others. now starts.
+func (a *Agent) fenceTerm(old, now types.UID) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.term = now
 	for _, run := range a.running {
-		run.cancel()
+		if old != "" && run.lease == old {
+			run.fenced.Store(true)
+			run.cancel()
+		}
 	}
 }
 

@@ -595,33 +595,96 @@ func TestBuildLeavingTheCacheAbortsTheStep(t *testing.T) {
 	}
 }
 
-// Fencing: once renewing the Lease failed for a whole lease duration, Run stops every attempt
-// "without reporting: the controller owns them once the Lease is gone" (abortAll).
-func TestLeaseLossAbortsWithoutReporting(t *testing.T) {
-	h := newHarness(t, []*farmv1.Build{ours("b1")})
+// Through an apiserver outage longer than the Lease's term the agent keeps building what it owns
+// (the controller does not count the time it could not see), claims nothing new, and reports the
+// result once the apiserver answers again.
+func TestLeaseOutageKeepsBuilding(t *testing.T) {
+	h := newHarness(t, []*farmv1.Build{ours("b1"), ours("b2")})
 	h.start()
 	r := h.step.next(t)
-	h.failLeaseUpdates(apierrors.NewServiceUnavailable("leases unavailable"))
-	var runErr error
-	eventually(t, "Run to give up the Lease", func() bool {
-		h.clk.Step(h.agent.cfg.RenewInterval)
+	outage := apierrors.NewServiceUnavailable("apiserver unavailable")
+	h.failLeaseUpdates(outage)
+	h.failBuildReads(outage)
+	for range 3 {
+		h.clk.Step(h.agent.cfg.LeaseDuration)
+		h.settle()
+	}
+	if r.ctx.Err() != nil {
+		t.Fatal("the step was stopped by an outage")
+	}
+	if f := h.agent.free(); f != 0 {
+		t.Fatalf("free slots %d past the Lease's term: want none offered", f)
+	}
+	// The publication's ownership check waits for an answer instead of failing the attempt.
+	owned := make(chan error, 1)
+	go func() { owned <- r.req.StillOwned(r.ctx) }()
+	for range 3 {
+		h.clk.Step(5 * time.Second)
+		h.settle()
+	}
+	select {
+	case err := <-owned:
+		t.Fatalf("ownership check answered %v during an outage: want it to wait", err)
+	default:
+	}
+	h.failLeaseUpdates(nil)
+	h.failBuildReads(nil)
+	eventually(t, "the ownership check to answer", func() bool {
+		h.clk.Step(time.Second)
 		select {
-		case runErr = <-h.runDone:
-			h.runCancel = nil
+		case err := <-owned:
+			if err != nil {
+				t.Fatalf("ownership check after the outage: %v", err)
+			}
 			return true
 		default:
 			return false
 		}
 	})
-	if runErr == nil {
-		t.Fatal("Run returned nil after losing its Lease")
+	r.finish(buildstep.Result{}, nil)
+	h.clk.Step(h.agent.cfg.RenewInterval)
+	if b := h.waitPhase("b1", farmv1.BuildSucceeded); b.Status.LostAttempts != 0 {
+		t.Fatalf("lost attempts %d after an outage: want none", b.Status.LostAttempts)
 	}
-	if r.ctx.Err() == nil {
-		t.Fatal("the step was not aborted")
+	h.step.next(t) // the agent claims again once its Lease is renewed
+}
+
+// Fencing: the controller declared the agent lost (ended its attempt, deleted its Lease) while it
+// was paused. When it resumes, its next renewal finds the Lease gone: the attempts of that term
+// stop and nothing of them is reported, even a success; the new term's claims carry its Lease UID.
+func TestDeletedLeaseFencesTheTerm(t *testing.T) {
+	h := newHarness(t, []*farmv1.Build{ours("b1")})
+	h.start()
+	r := h.step.next(t)
+	l, err := h.lease()
+	if err != nil {
+		t.Fatal(err)
 	}
+	if got := h.get("b1").Status.Attempt.LeaseUID; got != string(l.UID) {
+		t.Fatalf("attempt's LeaseUID %q, want the Lease's %q", got, l.UID)
+	}
+	h.updateStatus("b1", func(b *farmv1.Build) {
+		if err := lifecycle.Lose(b, testAgent, t0, "agent's Lease expired"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := h.c.Delete(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	before := h.get("b1")
+	h.clk.Step(h.agent.cfg.RenewInterval)
+	eventually(t, "the step to be stopped", func() bool { return r.ctx.Err() != nil })
+	r.finish(buildstep.Result{}, nil) // a build that completed anyway
 	h.idle()
-	if st := h.get("b1").Status; st.Phase != farmv1.BuildRunning || !lifecycle.Holds(h.get("b1"), testAgent) {
-		t.Fatalf("status %+v: want the attempt left to the controller, not reported", st)
+	if after := h.get("b1"); after.ResourceVersion != before.ResourceVersion {
+		t.Fatalf("the fenced attempt wrote the Build: %+v", after.Status)
+	}
+	nl, err := h.lease()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nl.UID == l.UID {
+		t.Fatal("the agent kept the deleted Lease's UID as its term")
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/uuid"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	toolscache "k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -375,6 +376,14 @@ func newHarness(t *testing.T, builds []*farmv1.Build, opts ...option) *harness {
 	}
 	base := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&farmv1.Build{}).WithObjects(objs...).
 		WithInterceptorFuncs(interceptor.Funcs{
+			// The apiserver gives every object a UID; the fake does not, and a Lease's UID is
+			// the agent's term.
+			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				if obj.GetUID() == "" {
+					obj.SetUID(uuid.NewUUID())
+				}
+				return c.Create(ctx, obj, opts...)
+			},
 			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
 				err := c.Update(ctx, obj, opts...)
 				if err == nil {

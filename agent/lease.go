@@ -2,12 +2,12 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/guixfarm/guix-farm/internal/agentlease"
@@ -16,38 +16,45 @@ import (
 // minLeaseUpdate spaces the Lease writes that report changed free slots.
 const minLeaseUpdate = time.Second
 
-// holdLease renews the Lease until ctx ends. It returns an error once renewal has failed for a
-// whole lease duration: the agent must then stop, as the controller treats it as lost.
-func (a *Agent) holdLease(ctx context.Context) error {
+// holdLease renews the Lease until ctx ends. A renewal that fails does not stop the agent: through
+// an apiserver outage it keeps building what it owns and reports when the apiserver returns (the
+// controller does not count the time it could not see against the agent). Past a whole term
+// without renewal it claims nothing new (free), and a Lease found deleted or replaced ends the
+// term: its attempts are fenced (renewLease).
+func (a *Agent) holdLease(ctx context.Context) {
 	lastOK := a.clock.Now()
+	lapsedLogged := false
 	t := a.clock.NewTicker(a.cfg.RenewInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C():
 		case <-a.leaseKick():
 			// Slots changed: tell the planner soon, but coalesce a burst of claims into one write.
 			if d := a.clock.Since(lastOK); d < minLeaseUpdate {
 				select {
 				case <-ctx.Done():
-					return nil
+					return
 				case <-a.clock.After(minLeaseUpdate - d):
 				}
 			}
 		}
 		if err := a.renewLease(ctx); err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			a.log.Error(err, "Renewing lease")
-			if a.clock.Since(lastOK) >= a.cfg.LeaseDuration {
-				return fmt.Errorf("lease %s/%s not renewed for %s: %w", a.cfg.Namespace, a.cfg.Name, a.cfg.LeaseDuration, err)
+			if a.lapsed() && !lapsedLogged {
+				lapsedLogged = true
+				a.log.Info("Lease not renewed for a whole term: claiming nothing until it is; running builds go on",
+					"term", a.cfg.LeaseDuration, "running", a.inflightCount())
 			}
 			continue
 		}
 		lastOK = a.clock.Now()
+		lapsedLogged = false
 	}
 }
 
@@ -60,23 +67,71 @@ func (a *Agent) kickLease() {
 	}
 }
 
-// renewLease creates or renews the agent's Lease with its current free slots.
+// renewLease creates or renews the agent's Lease with its current free slots. The Lease's UID is
+// the agent's term: a Lease found deleted (the controller declared the agent lost) or replaced
+// ends the term, and the attempts claimed in it are fenced before a new term begins.
 func (a *Agent) renewLease(ctx context.Context) error {
-	info := agentlease.Info{Name: a.cfg.Name, Pool: a.cfg.Pool, Systems: a.cfg.Systems, Features: a.cfg.Features,
-		Slots: a.cfg.Slots, FreeSlots: a.free(), Unhealthy: a.unhealthyReason()}
 	key := client.ObjectKey{Namespace: a.cfg.Namespace, Name: a.cfg.Name}
 	l := &coordinationv1.Lease{}
 	err := a.client.Get(ctx, key, l)
-	if apierrors.IsNotFound(err) {
+	switch {
+	case apierrors.IsNotFound(err):
 		l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: a.cfg.Name, Namespace: a.cfg.Namespace}}
-		agentlease.Apply(l, info, a.clock.Now(), a.cfg.LeaseDuration)
-		return a.client.Create(ctx, l)
-	}
-	if err != nil {
+		a.endTerm("its Lease was deleted")
+		agentlease.Apply(l, a.leaseInfo(), a.clock.Now(), a.cfg.LeaseDuration)
+		if err := a.client.Create(ctx, l); err != nil {
+			return err
+		}
+	case err != nil:
 		return err
+	default:
+		if a.currentTerm() != l.UID {
+			a.endTerm("its Lease was replaced")
+		}
+		agentlease.Apply(l, a.leaseInfo(), a.clock.Now(), a.cfg.LeaseDuration)
+		if err := a.client.Update(ctx, l); err != nil {
+			return err
+		}
 	}
-	agentlease.Apply(l, info, a.clock.Now(), a.cfg.LeaseDuration)
-	return a.client.Update(ctx, l)
+	wasLapsed := a.lapsed()
+	a.lastRenewal.Store(a.clock.Now().UnixNano())
+	if wasLapsed {
+		a.kick() // slots are offered again
+	}
+	if a.currentTerm() != l.UID {
+		a.fenceTerm("", l.UID) // a new term begins; the old one was fenced above
+		a.log.Info("Lease term begins", "lease", l.UID)
+		a.kick()
+	}
+	return nil
+}
+
+func (a *Agent) leaseInfo() agentlease.Info {
+	return agentlease.Info{Name: a.cfg.Name, Pool: a.cfg.Pool, Systems: a.cfg.Systems, Features: a.cfg.Features,
+		Slots: a.cfg.Slots, FreeSlots: a.free(), Unhealthy: a.unhealthyReason()}
+}
+
+func (a *Agent) currentTerm() types.UID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.term
+}
+
+func (a *Agent) inflightCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.running)
+}
+
+// endTerm fences the attempts of the current term, if any, before a new Lease is made or taken:
+// once the controller has declared the agent lost it may have given them to other agents.
+func (a *Agent) endTerm(why string) {
+	old := a.currentTerm()
+	if old == "" {
+		return // the first Lease of this process: nothing was claimed yet
+	}
+	a.fenceTerm(old, "")
+	a.log.Info("Lease term ended; stopping its attempts without reporting them", "why", why, "lease", old)
 }
 
 // wakeHandler turns informer events into a wake-up of the claim loop.

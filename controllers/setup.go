@@ -122,8 +122,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	if err := br.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the build controller: %w", err)
 	}
+	view, err := agentctrl.NewView(mgr.GetConfig(), o.Clock, o.Log.WithName("view"))
+	if err != nil {
+		return nil, err
+	}
+	if err := mgr.Add(view); err != nil {
+		return nil, fmt.Errorf("adding the apiserver probe: %w", err)
+	}
 	ar := &agentctrl.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Loop: loop, Clock: o.Clock,
-		Metrics: o.Metrics, Grace: o.AgentGrace, Recorder: mgr.GetEventRecorder("guix-farm")}
+		Metrics: o.Metrics, Grace: o.AgentGrace, Recorder: mgr.GetEventRecorder("guix-farm"), View: view}
 	if err := ar.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agent controller: %w", err)
 	}

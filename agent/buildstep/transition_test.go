@@ -83,7 +83,7 @@ func TestFinishMissingInputsRepeated(t *testing.T) {
 		}
 		b.Status.Phase, b.Status.Allocation = v1alpha1.BuildAllocated, &v1alpha1.Allocation{Agent: "a1"}
 		b.Status.RetryAfter = nil // the planner offers it again once the backoff has passed
-		if err := lifecycle.Claim(b, "a1", now); err != nil {
+		if err := lifecycle.Claim(b, "a1", "", now); err != nil {
 			t.Fatal(err)
 		}
 	}

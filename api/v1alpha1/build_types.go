@@ -180,6 +180,13 @@ type Attempt struct {
 	// Started is when the agent claimed the build.
 	// +required
 	Started metav1.Time `json:"started"`
+	// LeaseUID is the owner token: the UID of the agent's Lease when it claimed the build. An
+	// agent declared lost has its Lease deleted, so a Lease it creates afterwards has another UID,
+	// and the attempts of its earlier term are no longer its own (the controller ends them, the
+	// agent aborts them and publishes nothing of them).
+	// +optional
+	// +kubebuilder:validation:MaxLength=36
+	LeaseUID string `json:"leaseUID,omitempty"`
 }
 
 // AttemptResult is how an attempt ended.

@@ -43,6 +43,8 @@ type Reconciler struct {
 	Grace time.Duration
 	// Recorder, when set, says on a malformed Lease why it is ignored.
 	Recorder events.EventRecorder
+	// View, when set, pauses agents' terms while this controller cannot see the apiserver.
+	View *View
 
 	// seen is, per agent Lease, the last renewal observed and when this controller observed it:
 	// expiry is judged on the controller's own clock from that moment, never on the agent's
@@ -140,7 +142,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	now := r.Clock.Now()
 	term := info.Expires.Sub(l.Spec.RenewTime.Time) // the Lease's duration
 	seenAt := r.observe(req.NamespacedName, l.Spec.RenewTime.Time, now)
-	deadline := seenAt.Add(term).Add(r.Grace)
+	start, canSee := r.View.termStart(seenAt)
+	deadline := start.Add(term).Add(r.Grace)
+	if !canSee {
+		// The agent could not renew either: judge it once this controller sees again.
+		deadline = now.Add(term)
+	}
 	if !now.Before(deadline) {
 		// Expired as far as the cache shows: a renewal it has not delivered yet would prove
 		// otherwise, so read the Lease afresh before declaring the agent lost.
@@ -149,7 +156,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, fmt.Errorf("reading the Lease of agent %s: %w", req.Name, err)
 		} else if err == nil && fresh.Spec.RenewTime != nil && !fresh.Spec.RenewTime.Time.Equal(l.Spec.RenewTime.Time) {
 			seenAt = r.observe(req.NamespacedName, fresh.Spec.RenewTime.Time, now)
-			deadline = seenAt.Add(term).Add(r.Grace)
+			start, _ = r.View.termStart(seenAt)
+			deadline = start.Add(term).Add(r.Grace)
 		}
 	}
 	if now.Before(deadline) {
@@ -161,6 +169,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		p.UpsertAgent(planner.Agent{Name: info.Name, Pool: info.Pool, Systems: info.Systems, Features: info.Features,
 			Slots: slots, Running: max(0, slots-info.FreeSlots)})
 		r.Loop.Kick()
+		if err := r.endEarlierTerms(ctx, l); err != nil {
+			return ctrl.Result{}, err
+		}
 		return ctrl.Result{RequeueAfter: deadline.Sub(now) + 100*time.Millisecond}, nil
 	}
 
@@ -181,32 +192,76 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return ctrl.Result{}, nil
 }
 
+// endEarlierTerms ends, as lost, the attempts the agent of Lease l claimed under an earlier Lease:
+// it was declared lost since (its Lease deleted) and has made a new one, so those attempts belong
+// to nobody; the agent aborts them without reporting (it fences its old term). The cached Lease
+// may be older than a claim made under the agent's newest Lease, so a fresh read decides.
+func (r *Reconciler) endEarlierTerms(ctx context.Context, l *coordinationv1.Lease) error {
+	var list farmv1.BuildList
+	if err := r.Client.List(ctx, &list, client.InNamespace(l.Namespace), client.MatchingFields{index.BuildAttemptAgent: l.Name}); err != nil {
+		return fmt.Errorf("listing builds of agent %s: %w", l.Name, err)
+	}
+	var current *coordinationv1.Lease
+	for i := range list.Items {
+		b := &list.Items[i]
+		if !lifecycle.FromEarlierTerm(b, l.Name, l.UID) {
+			continue
+		}
+		if current == nil {
+			current = &coordinationv1.Lease{}
+			if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(l), current); err != nil {
+				return client.IgnoreNotFound(fmt.Errorf("reading the Lease of agent %s: %w", l.Name, err))
+			}
+		}
+		if !lifecycle.FromEarlierTerm(b, l.Name, current.UID) {
+			continue
+		}
+		if err := r.lose(ctx, client.ObjectKeyFromObject(b), l.Name, current.UID,
+			"agent's Lease was deleted during the attempt (the agent was declared lost); the agent made a new one"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // failAttempts ends the attempts agent had in flight as lost (AgentLost, lifecycle.Lose); each Build is
 // retried (or ends Canceled if it was canceled meanwhile).
 func (r *Reconciler) failAttempts(ctx context.Context, namespace, agent, why string) error {
 	var list farmv1.BuildList
-	if err := r.Client.List(ctx, &list, client.MatchingFields{index.BuildAttemptAgent: agent}); err != nil {
+	// Agents are keyed by namespace and name: an agent of the same name elsewhere is another agent.
+	if err := r.Client.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{index.BuildAttemptAgent: agent}); err != nil {
 		return fmt.Errorf("listing builds of agent %s: %w", agent, err)
 	}
 	for i := range list.Items {
-		key := client.ObjectKeyFromObject(&list.Items[i])
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			b := &farmv1.Build{}
-			if err := r.APIReader.Get(ctx, key, b); err != nil {
-				return client.IgnoreNotFound(err)
-			}
-			if err := lifecycle.Lose(b, agent, r.Clock.Now(), why); err != nil {
-				return nil // no longer held by that agent
-			}
-			err := r.Client.Status().Update(ctx, b)
-			if apierrors.IsConflict(err) {
-				r.Metrics.Conflicts.WithLabelValues("agent-loss").Inc()
-			}
+		if err := r.lose(ctx, client.ObjectKeyFromObject(&list.Items[i]), agent, "", why); err != nil {
 			return err
-		})
-		if err != nil {
-			return fmt.Errorf("failing attempt of %s on lost agent %s: %w", key, agent, err)
 		}
+	}
+	return nil
+}
+
+// lose ends the Build's attempt on agent as lost, on a fresh read. With keep set, an attempt
+// claimed under the Lease of that UID is left alone (it is the agent's current term).
+func (r *Reconciler) lose(ctx context.Context, key client.ObjectKey, agent string, keep types.UID, why string) error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		b := &farmv1.Build{}
+		if err := r.APIReader.Get(ctx, key, b); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if keep != "" && !lifecycle.FromEarlierTerm(b, agent, keep) {
+			return nil
+		}
+		if err := lifecycle.Lose(b, agent, r.Clock.Now(), why); err != nil {
+			return nil // no longer held by that agent
+		}
+		err := r.Client.Status().Update(ctx, b)
+		if apierrors.IsConflict(err) {
+			r.Metrics.Conflicts.WithLabelValues("agent-loss").Inc()
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("ending attempt of %s on lost agent %s: %w", key, agent, err)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/conditions"
@@ -28,9 +29,10 @@ var ErrNotClaimable = errors.New("build is not claimable")
 // ErrNotHolder means the agent no longer holds the attempt it reports on.
 var ErrNotHolder = errors.New("agent does not hold the build's attempt")
 
-// Claim starts an attempt of b on agent. Only a Build allocated to agent, pending, not canceled
-// and not held back by a retry backoff can be claimed.
-func Claim(b *farmv1.Build, agent string, now time.Time) error {
+// Claim starts an attempt of b on agent, in the term of its Lease whose UID is lease (the attempt's
+// owner token). Only a Build allocated to agent, pending, not canceled and not held back by a
+// retry backoff can be claimed.
+func Claim(b *farmv1.Build, agent string, lease types.UID, now time.Time) error {
 	st := &b.Status
 	switch {
 	case b.Spec.Canceled:
@@ -46,7 +48,7 @@ func Claim(b *farmv1.Build, agent string, now time.Time) error {
 	}
 	t := metav1.NewTime(now.Truncate(time.Second))
 	st.Phase = farmv1.BuildRunning
-	st.Attempt = &farmv1.Attempt{Agent: agent, Started: metav1.NewTime(now)}
+	st.Attempt = &farmv1.Attempt{Agent: agent, Started: metav1.NewTime(now), LeaseUID: string(lease)}
 	st.AttemptCount++
 	st.RetryAfter = nil
 	// MissingInputs stays while this attempt runs: if it is released for the same paths again,
@@ -65,6 +67,21 @@ func Claim(b *farmv1.Build, agent string, now time.Time) error {
 // Holds reports whether agent runs b's attempt in flight.
 func Holds(b *farmv1.Build, agent string) bool {
 	return b.Status.Phase == farmv1.BuildRunning && b.Status.Attempt != nil && b.Status.Attempt.Agent == agent
+}
+
+// Owns reports whether the attempt in flight is the one agent claimed as number attempt in the
+// Lease term lease: the fresh check an agent makes before it publishes or reports. An attempt
+// claimed before owner tokens existed carries no LeaseUID and is judged on agent and number alone.
+func Owns(b *farmv1.Build, agent string, lease types.UID, attempt int32) bool {
+	return Holds(b, agent) && b.Status.AttemptCount == attempt &&
+		(b.Status.Attempt.LeaseUID == "" || b.Status.Attempt.LeaseUID == string(lease))
+}
+
+// FromEarlierTerm reports whether b's attempt in flight was claimed by agent under a Lease other
+// than the one whose UID is lease: the agent was declared lost since (its Lease deleted), so the
+// attempt belongs to nobody and is ended as lost.
+func FromEarlierTerm(b *farmv1.Build, agent string, lease types.UID) bool {
+	return Holds(b, agent) && b.Status.Attempt.LeaseUID != "" && b.Status.Attempt.LeaseUID != string(lease)
 }
 
 // Succeed ends the attempt in flight successfully; outputs carry the published NarHashes.

@@ -22,7 +22,7 @@ func running(agent string, attempts int32, retry *farmv1.RetryPolicy) *farmv1.Bu
 	b := allocated(agent)
 	b.Spec.Retry = retry
 	b.Status.AttemptCount = attempts - 1
-	if err := Claim(b, agent, now); err != nil {
+	if err := Claim(b, agent, "", now); err != nil {
 		panic(err)
 	}
 	return b
@@ -46,7 +46,7 @@ func TestClaim(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := Claim(tc.b, tc.agent, now)
+			err := Claim(tc.b, tc.agent, "", now)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("Claim: %v, want %v", err, tc.wantErr)
 			}
@@ -128,7 +128,7 @@ func TestHistoryBounded(t *testing.T) {
 	for range 20 {
 		b.Status.Allocation = &farmv1.Allocation{Agent: "a"}
 		b.Status.RetryAfter = nil
-		if err := Claim(b, "a", now); err != nil {
+		if err := Claim(b, "a", "", now); err != nil {
 			t.Fatal(err)
 		}
 		if err := Fail(b, "a", now, "x", ""); err != nil {
@@ -174,7 +174,7 @@ func TestLoseSparesTheRetryBudget(t *testing.T) {
 		}
 		b.Status.Allocation = &farmv1.Allocation{Agent: "a1"}
 		b.Status.RetryAfter = nil
-		if err := Claim(b, "a1", now); err != nil {
+		if err := Claim(b, "a1", "", now); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -189,7 +189,7 @@ func TestLoseSparesTheRetryBudget(t *testing.T) {
 	for b.Status.Phase == farmv1.BuildPending {
 		b.Status.Allocation = &farmv1.Allocation{Agent: "a1"}
 		b.Status.RetryAfter = nil
-		if err := Claim(b, "a1", now); err != nil {
+		if err := Claim(b, "a1", "", now); err != nil {
 			t.Fatal(err)
 		}
 		if err := Lose(b, "a1", now, "agent restarted during the attempt"); err != nil {

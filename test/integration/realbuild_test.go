@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,6 +92,7 @@ in builtins.listToAttrs (builtins.genList (i: { name = "leaf${toString i}"; valu
   timesout = mk "times-out" ''echo "token-timeout-${nonce}"; $B sleep 60; echo > $out'' { };
   canceled = mk "canceled" ''echo "token-cancel-${nonce}"; $B sleep 60; echo > $out'' { };
   victim = mk "survives-agent-kill" ''echo "token-victim-${nonce}"; $B sleep 8; echo survived > $out'' { };
+  paused = mk "survives-agent-pause" ''echo "token-paused-${nonce}"; $B sleep 6; $B head -c 32 /dev/urandom > $out'' { };
 } // builtins.listToAttrs (builtins.genList (i: {
   name = "late${toString i}"; value = mk "late-${toString i}" ''echo late ${toString i} > $out'' { };
 }) 8)
@@ -308,8 +310,8 @@ func TestRealBuild(t *testing.T) {
 		f.substitution(t)
 	})
 
-	t.Run("agent killed mid-build: the other agent builds it", func(t *testing.T) {
-		// Only once everything else has finished: the kill must hit this build alone.
+	// Only once everything else has finished: a pause or a kill must hit one build alone.
+	allFinished := func(t *testing.T) {
 		waitFor(t, 2*time.Minute, "every other build to finish", func() (bool, string) {
 			bs := listBuilds(t, f.ns)
 			for _, b := range bs {
@@ -319,6 +321,13 @@ func TestRealBuild(t *testing.T) {
 			}
 			return true, ""
 		})
+	}
+	t.Run("agent paused past its Lease term: the other attempt wins, the paused one publishes nothing", func(t *testing.T) {
+		allFinished(t)
+		f.pauseAgent(t)
+	})
+	t.Run("agent killed mid-build: the other agent builds it", func(t *testing.T) {
+		allFinished(t)
 		f.killAgent(t)
 	})
 
@@ -452,7 +461,7 @@ func (f *rbFarm) instantiate(t *testing.T) {
 		t.Fatal(err)
 	}
 	attrs := []string{"chain0", "chain1", "chain2", "fanin", "multi", "fixed", "big", "noisy", "flaky", "failing",
-		"timesout", "canceled", "victim", "gated", "afterGated"}
+		"timesout", "canceled", "victim", "paused", "gated", "afterGated"}
 	for i := range 10 {
 		attrs = append(attrs, fmt.Sprintf("leaf%d", i))
 	}
@@ -719,13 +728,13 @@ func (f *rbFarm) substitution(t *testing.T) {
 	}
 }
 
-// killAgent submits a build sleeping 8 s, SIGKILLs the agent running its builder, and waits for
-// the other agent to build it.
-func (f *rbFarm) killAgent(t *testing.T) {
-	rb := f.builds["victim"]
-	f.submitBuilds(t, nil, "victim")
-	f.setRetry(t, "victim", 3, 1) // read when the attempt is lost, long after this
-	token := "token-victim-" + f.nonce
+// runVictim submits attr (a build whose builder prints token-<attr>-<nonce> and sleeps) and
+// returns the agent process once the builder runs.
+func (f *rbFarm) runVictim(t *testing.T, attr string) (string, *farm.AgentProcess) {
+	rb := f.builds[attr]
+	f.submitBuilds(t, nil, attr)
+	f.setRetry(t, attr, 3, 1) // read when the attempt is lost, long after this
+	token := "token-" + attr + "-" + f.nonce
 	var victim string
 	waitFor(t, 2*time.Minute, "the build's builder to run", func() (bool, string) {
 		b := f.get(t, rb.name)
@@ -739,6 +748,67 @@ func (f *rbFarm) killAgent(t *testing.T) {
 	if p == nil || victim == rbSick {
 		t.Fatalf("the build runs on %q", victim)
 	}
+	return victim, p
+}
+
+// pauseAgent submits a build sleeping 6 s whose output is random (so whose narinfo says which
+// attempt published it), SIGSTOPs the agent running it past its Lease term, and waits for the
+// other agent's attempt to succeed. Then it resumes the paused agent, whose own build has finished
+// meanwhile in its daemon: the agent must find its term ended and publish and report nothing.
+func (f *rbFarm) pauseAgent(t *testing.T) {
+	rb := f.builds["paused"]
+	victim, p := f.runVictim(t, "paused")
+	if err := p.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	pausedAt := time.Now()
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = p.Cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	f.waitSucceeded(t, 2*time.Minute, "paused")
+	survivor := f.builtBy(t, "paused")
+	if survivor == victim {
+		t.Fatalf("the build succeeded on the paused agent %s", victim)
+	}
+	before := f.get(t, rb.name)
+	out := rb.outs["out"]
+	want := f.daemons[survivor].MustRun(t, "nix-store", "-q", "--hash", out)
+	waitFor(t, time.Minute, "the paused agent's daemon to finish its build", func() (bool, string) {
+		return !builderRunning("token-paused-" + f.nonce), "builder still running"
+	})
+	resume()
+	resumedAt := time.Now()
+	waitFor(t, 30*time.Second, "the resumed agent to end its old term", func() (bool, string) {
+		return strings.Contains(p.Log(t), "Lease term ended"), "no \"Lease term ended\" in its log yet"
+	})
+	time.Sleep(2 * time.Second) // room for a wrongful publication or report to land
+	after := f.get(t, rb.name)
+	t.Logf("paused %s at %s for %s; built on %s", victim, pausedAt.Format("15:04:05.000"), resumedAt.Sub(pausedAt).Round(100*time.Millisecond), survivor)
+	for _, a := range after.Status.Attempts {
+		t.Logf("  attempt on %s %s–%s: %s %s %s", a.Agent, a.Start.Format("15:04:05"), a.End.Format("15:04:05"), a.Result, a.Reason, a.Message)
+	}
+	if after.ResourceVersion != before.ResourceVersion {
+		t.Errorf("the Build was written after the paused agent resumed: %s", rbState(after))
+	}
+	if ni := f.narinfo(t, out); ni.NarHash != want {
+		t.Errorf("narinfo of %s says NarHash %s; the winning attempt's daemon %s: the paused attempt published", out, ni.NarHash, want)
+	}
+	if own, err := f.daemons[victim].Run(context.Background(), "nix-store", "-q", "--hash", out); err == nil && strings.TrimSpace(string(own)) == want {
+		t.Errorf("the paused agent's daemon built the same random output %s: the test proves nothing", own)
+	}
+	f.checkOutputs(t, "paused")
+}
+
+// killAgent submits a build sleeping 8 s, SIGKILLs the agent running its builder, and waits for
+// the other agent to build it.
+func (f *rbFarm) killAgent(t *testing.T) {
+	rb := f.builds["victim"]
+	victim, p := f.runVictim(t, "victim")
 	p.Kill()
 	killedAt := time.Now()
 	f.waitSucceeded(t, 2*time.Minute, "victim")
