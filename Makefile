@@ -76,10 +76,11 @@ tools-helm:
 	hack/tools.sh helm
 
 .PHONY: chart-rbac
-chart-rbac: ## Copies the generated ClusterRoles into the chart; test/chart fails while they differ.
-	mkdir -p charts/guix-farm/files/rbac
+chart-rbac: ## Copies the generated ClusterRoles and the agent identity policy into the chart; test/chart fails while they differ.
+	mkdir -p charts/guix-farm/files/rbac charts/guix-farm/files/admission
 	cp config/rbac/controller/role.yaml charts/guix-farm/files/rbac/controller-role.yaml
 	cp config/rbac/agent/role.yaml charts/guix-farm/files/rbac/agent-role.yaml
+	cp config/agent/identity-policy.yaml charts/guix-farm/files/admission/agent-identity-policy.yaml
 
 .PHONY: chart
 chart: tools-helm chart-rbac ## Lints the Helm chart and packages it into bin/.
