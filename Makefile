@@ -88,7 +88,7 @@ chart: tools-helm chart-rbac ## Lints the Helm chart and packages it into bin/.
 	$(HELM) package charts/guix-farm -d bin
 
 .PHONY: test-chart
-test-chart: tools-helm ## The chart's tests: lint, template, CRD/RBAC drift, install into a real apiserver.
+test-chart: tools-helm ## The chart's tests: lint, template, CRD/RBAC/policy drift, install into a real apiserver, agent identity.
 	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 ./test/chart/...
 
 .PHONY: docker-build
