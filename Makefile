@@ -76,10 +76,11 @@ tools-helm:
 	hack/tools.sh helm
 
 .PHONY: chart-rbac
-chart-rbac: ## Copies the generated ClusterRoles into the chart; test/chart fails while they differ.
-	mkdir -p charts/guix-farm/files/rbac
+chart-rbac: ## Copies the generated ClusterRoles and the agent identity policy into the chart; test/chart fails while they differ.
+	mkdir -p charts/guix-farm/files/rbac charts/guix-farm/files/admission
 	cp config/rbac/controller/role.yaml charts/guix-farm/files/rbac/controller-role.yaml
 	cp config/rbac/agent/role.yaml charts/guix-farm/files/rbac/agent-role.yaml
+	cp config/agent/identity-policy.yaml charts/guix-farm/files/admission/agent-identity-policy.yaml
 
 .PHONY: chart
 chart: tools-helm chart-rbac ## Lints the Helm chart and packages it into bin/.
@@ -87,7 +88,7 @@ chart: tools-helm chart-rbac ## Lints the Helm chart and packages it into bin/.
 	$(HELM) package charts/guix-farm -d bin
 
 .PHONY: test-chart
-test-chart: tools-helm ## The chart's tests: lint, template, CRD/RBAC drift, install into a real apiserver.
+test-chart: tools-helm ## The chart's tests: lint, template, CRD/RBAC/policy drift, install into a real apiserver, agent identity.
 	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 ./test/chart/...
 
 .PHONY: docker-build

@@ -705,7 +705,9 @@ func mergeOutputs(known []farmv1.Output, built []buildstep.Output) []farmv1.Outp
 func klogRef(b *farmv1.Build) string { return b.Namespace + "/" + b.Name }
 
 // RBAC of an agent (config/rbac/agent is generated from these): read Builds, update their status,
-// hold its own Lease. Nothing more.
+// hold its own Lease. Nothing more: no Build spec writes, no deletes, no Secrets. RBAC cannot tell
+// one Build or Lease from another, so the agent identity policy (config/agent/identity-policy.yaml,
+// docs/security.md) narrows these writes to the agent's own Lease and the Builds given to it.
 // +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds,verbs=get;list;watch
 // +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds/status,verbs=get;update
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;delete

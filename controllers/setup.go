@@ -23,6 +23,10 @@ import (
 	"github.com/guixfarm/guix-farm/internal/planner"
 )
 
+// LeaderElectionID names the Lease the controller's replicas elect a leader with. It is named
+// here, not only in cmd, so tests can check that agents cannot touch it.
+const LeaderElectionID = "guix-farm-controller.build.guixfarm.io"
+
 // Options configure the farm's controllers.
 type Options struct {
 	Strategy planner.Strategy

@@ -132,7 +132,7 @@ func run() error {
 		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
-		LeaderElectionID:       "guix-farm-controller.build.guixfarm.io",
+		LeaderElectionID:       controllers.LeaderElectionID,
 		Client:                 client.Options{Cache: &client.CacheOptions{Unstructured: false}},
 	})
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -346,33 +347,14 @@ func TestRBACMatchesConfig(t *testing.T) {
 // pods), checks what it created, dry-runs config/samples against the installed CRDs, and uninstalls.
 func TestInstall(t *testing.T) {
 	h := newHelm(t)
-	kubeconfig, c := startAPIServer(t)
+	api := startAPIServer(t)
+	kubeconfig, c := api.kubeconfig, api.client
 	ctx := context.Background()
 	const ns = "guix-farm" // the namespace of config/samples
 
-	values := valuesFile(t, "agentPools:\n- {name: helm-x86-64, systems: [x86_64-linux], replicas: 1}\n")
-	out, err := h.run(t, "install", "guix-farm", chartDir, "--kubeconfig", kubeconfig, "--namespace", ns,
-		"--create-namespace", "--values", values, "--timeout", "2m")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := api.install(t, h, ns, "agentPools:\n- {name: helm-x86-64, systems: [x86_64-linux], replicas: 1}\n")
 	if !strings.Contains(out, "STATUS: deployed") || !strings.Contains(out, "kubectl -n guix-farm get builds -w") {
 		t.Errorf("helm install output lacks the status or the NOTES:\n%s", out)
-	}
-
-	for _, name := range []string{"builds.build.guixfarm.io", "agentpools.build.guixfarm.io"} {
-		waitFor(t, 30*time.Second, "CRD "+name+" established", func() (bool, string) {
-			crd := &apiextensionsv1.CustomResourceDefinition{}
-			if err := c.Get(ctx, client.ObjectKey{Name: name}, crd); err != nil {
-				return false, err.Error()
-			}
-			for _, cond := range crd.Status.Conditions {
-				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
-					return true, ""
-				}
-			}
-			return false, fmt.Sprintf("conditions %+v", crd.Status.Conditions)
-		})
 	}
 	d := &appsv1.Deployment{}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "guix-farm-controller"}, d); err != nil {
@@ -427,9 +409,19 @@ func TestInstall(t *testing.T) {
 	}
 }
 
-// startAPIServer runs etcd + kube-apiserver without the farm's CRDs (helm installs them) and returns
-// an admin kubeconfig and a client.
-func startAPIServer(t *testing.T) (string, client.Client) {
+// apiServer is a real etcd + kube-apiserver (envtest) without the farm's CRDs (helm installs them).
+type apiServer struct {
+	// kubeconfig is an admin's, for helm and kubectl.
+	kubeconfig string
+	// config and client are an admin's too; config's server and CA serve other identities.
+	config *rest.Config
+	client client.Client
+	// kubectlBin is the pinned kubectl, of the same release as the apiserver.
+	kubectlBin string
+}
+
+// startAPIServer starts an apiserver for one test; it stops when the test ends.
+func startAPIServer(t *testing.T) *apiServer {
 	t.Helper()
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
@@ -476,7 +468,39 @@ func startAPIServer(t *testing.T) (string, client.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, c
+	return &apiServer{kubeconfig: p, config: cfg, client: c, kubectlBin: filepath.Join(assets, "kubectl")}
+}
+
+// install installs the chart as release guix-farm into namespace ns (created) with values, waits
+// until its CRDs serve, and returns helm's output.
+func (a *apiServer) install(t *testing.T, h *helm, ns, values string) string {
+	t.Helper()
+	out, err := h.run(t, "install", "guix-farm", chartDir, "--kubeconfig", a.kubeconfig, "--namespace", ns,
+		"--create-namespace", "--values", valuesFile(t, values), "--timeout", "2m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"builds.build.guixfarm.io", "agentpools.build.guixfarm.io"} {
+		waitFor(t, 30*time.Second, "CRD "+name+" established", func() (bool, string) {
+			crd := &apiextensionsv1.CustomResourceDefinition{}
+			if err := a.client.Get(context.Background(), client.ObjectKey{Name: name}, crd); err != nil {
+				return false, err.Error()
+			}
+			for _, cond := range crd.Status.Conditions {
+				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("conditions %+v", crd.Status.Conditions)
+		})
+	}
+	return out
+}
+
+// kubectl runs the pinned kubectl as the admin and returns its combined output.
+func (a *apiServer) kubectl(args ...string) (string, error) {
+	out, err := exec.Command(a.kubectlBin, append([]string{"--kubeconfig", a.kubeconfig}, args...)...).CombinedOutput()
+	return string(out), err
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, f func() (bool, string)) {

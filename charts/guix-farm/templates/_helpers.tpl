@@ -70,3 +70,8 @@ The rules of a generated ClusterRole, read from the chart's copy of config/rbac/
 {{- end }}
 {{- toYaml $role.rules }}
 {{- end }}
+
+{{/* The username of the agents' ServiceAccount in their tokens, which the identity policy matches. */}}
+{{- define "guix-farm.agent.username" -}}
+{{- printf "system:serviceaccount:%s:%s" (include "guix-farm.farmNamespace" .) (include "guix-farm.agent.serviceAccountName" .) }}
+{{- end }}
