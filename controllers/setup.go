@@ -48,6 +48,9 @@ type Options struct {
 	ExpectedBuilds int
 	// AgentGrace is added to a Lease's expiry before its agent is declared lost.
 	AgentGrace time.Duration
+	// AgentNamespace, when set, is the only namespace whose agent Leases are accepted: with the
+	// controller watching every namespace, a Lease labelled as an agent elsewhere is ignored.
+	AgentNamespace string
 	Clock      clock.Clock
 	Metrics    *metrics.Metrics
 	Log        logr.Logger
@@ -134,7 +137,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 		return nil, fmt.Errorf("adding the apiserver probe: %w", err)
 	}
 	ar := &agentctrl.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Loop: loop, Clock: o.Clock,
-		Metrics: o.Metrics, Grace: o.AgentGrace, Recorder: mgr.GetEventRecorder("guix-farm"), View: view}
+		Metrics: o.Metrics, Grace: o.AgentGrace, Recorder: mgr.GetEventRecorder("guix-farm"), View: view,
+		Namespace: o.AgentNamespace}
 	if err := ar.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agent controller: %w", err)
 	}

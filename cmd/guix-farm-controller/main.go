@@ -82,6 +82,7 @@ func run() error {
 	flag.IntVar(&o.ExpectedBuilds, "expected-builds", 10000, "usual number of pending Builds: sizes the planner's tables once")
 	flag.IntVar(&o.BuildWorkers, "build-workers", 16, "Builds reconciled in parallel")
 	flag.DurationVar(&o.AgentGrace, "agent-grace", 2*time.Second, "added to a Lease's expiry before its agent is declared lost")
+	flag.StringVar(&o.AgentNamespace, "agent-namespace", "", "the only namespace whose agent Leases are accepted (default: --namespace; set it when watching all namespaces)")
 	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the substitute bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
 	flag.StringVar(&bcfg.Bucket, "bucket", "", "the bucket that serves substitutes; the controller reads .drv files and output availability from it")
 	gcf.bind(flag.CommandLine)
@@ -96,6 +97,9 @@ func run() error {
 
 	o.Strategy = planner.Strategy(strategy)
 	o.Log = log
+	if o.AgentNamespace == "" {
+		o.AgentNamespace = namespace
+	}
 	var reader *bucket.Reader
 	if bcfg.Bucket != "" {
 		bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")

@@ -45,6 +45,8 @@ type Reconciler struct {
 	Recorder events.EventRecorder
 	// View, when set, pauses agents' terms while this controller cannot see the apiserver.
 	View *View
+	// Namespace, when set, is the farm's namespace: agent Leases elsewhere are not agents.
+	Namespace string
 
 	// seen is, per agent Lease, the last renewal observed and when this controller observed it:
 	// expiry is judged on the controller's own clock from that moment, never on the agent's
@@ -87,13 +89,16 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err != nil {
 		return err
 	}
+	inFarm := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return r.Namespace == "" || o.GetNamespace() == r.Namespace
+	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("agent").
-		For(&coordinationv1.Lease{}, builder.WithPredicates(isAgent)).
+		For(&coordinationv1.Lease{}, builder.WithPredicates(isAgent, inFarm)).
 		// A Build's attempt names its agent: the agent is looked at even when its Lease vanished
 		// while the controller was down (no Lease event will ever come for it), so no attempt
 		// stays Running for ever on an agent nobody knows.
-		Watches(&farmv1.Build{}, handler.EnqueueRequestsFromMapFunc(attemptAgent)).
+		Watches(&farmv1.Build{}, handler.EnqueueRequestsFromMapFunc(attemptAgent), builder.WithPredicates(inFarm)).
 		Complete(r)
 }
 

@@ -193,14 +193,14 @@ func TestTemplateFlags(t *testing.T) {
 	}{
 		"defaults": {
 			values: "{}",
-			wantArgs: []string{"--namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--drv-dir=/gnu/store",
+			wantArgs: []string{"--namespace=guix-farm", "--agent-namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--drv-dir=/gnu/store",
 				"--store-dir=/gnu/store", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
 				"--leader-elect=false", "--zap-log-level=info"},
 			wantBindKind: "RoleBinding",
 		},
 		"pools, bucket, cluster-wide, two replicas": {
 			values: poolValues,
-			wantArgs: []string{"--namespace=", "--strategy=derivation-ordered", "--build-ttl=1h", "--drv-dir=/gnu/store",
+			wantArgs: []string{"--namespace=", "--agent-namespace=guix-farm", "--strategy=derivation-ordered", "--build-ttl=1h", "--drv-dir=/gnu/store",
 				"--store-dir=/gnu/store", "--bucket-endpoint=http://minio.guix-farm:9000", "--bucket=farm-cache",
 				"--gc-interval=6h", "--gc-policy=orphans", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
 				"--leader-elect=true", "--zap-log-level=info"},
@@ -213,7 +213,7 @@ func TestTemplateFlags(t *testing.T) {
 				"controller.bucket.gc.grace=12h", "controller.bucket.gc.policy=roots", "controller.bucket.gc.keep.rootsKey=gc/roots",
 				"controller.bucket.gc.keep.buildSelector=release in (2026.1)", "controller.bucket.gc.keep.maxAge=720h",
 				"controller.bucket.gc.keep.names={guile-*}", "controller.bucket.gc.dryRun=true"},
-			wantArgs: []string{"--namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--drv-dir=/gnu/store",
+			wantArgs: []string{"--namespace=guix-farm", "--agent-namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--drv-dir=/gnu/store",
 				"--store-dir=/gnu/store", "--bucket-endpoint=minio:9000", "--bucket=c", "--gc-interval=6h", "--gc-grace=12h",
 				"--gc-policy=roots", "--gc-roots-key=gc/roots", "--gc-keep-selector=release in (2026.1)", "--gc-keep-max-age=720h",
 				"--gc-keep-name=guile-*", "--gc-dry-run", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
@@ -223,7 +223,7 @@ func TestTemplateFlags(t *testing.T) {
 		"derivations from the bucket only": {
 			values: "{}",
 			set:    []string{"controller.drvSource.dir=", "controller.bucket.endpoint=minio:9000", "controller.bucket.name=c"},
-			wantArgs: []string{"--namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--store-dir=/gnu/store",
+			wantArgs: []string{"--namespace=guix-farm", "--agent-namespace=guix-farm", "--strategy=basic", "--build-ttl=24h", "--store-dir=/gnu/store",
 				"--bucket-endpoint=minio:9000", "--bucket=c", "--gc-interval=0s", "--metrics-bind-address=:8080",
 				"--health-probe-bind-address=:8081", "--leader-elect=false", "--zap-log-level=info"},
 			wantBindKind: "RoleBinding",

@@ -318,7 +318,7 @@ func allocatedBuild(t *testing.T, admin client.Client, ns, name, agent string) *
 func claim(t *testing.T, agent client.Client, b *farmv1.Build, name string) *farmv1.Build {
 	t.Helper()
 	cur := readBuild(t, agent, b)
-	if err := lifecycle.Claim(cur, name, time.Now()); err != nil {
+	if err := lifecycle.Claim(cur, name, "", time.Now()); err != nil {
 		t.Fatalf("agent %s claiming Build %s: %v", name, b.Name, err)
 	}
 	if err := agent.Status().Update(context.Background(), cur); err != nil {
