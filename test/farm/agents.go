@@ -30,6 +30,14 @@ type AgentProcess struct {
 	Cmd  *exec.Cmd
 	log  *os.File
 	done chan struct{}
+
+	// What started it, for Restart.
+	bin         string
+	args, env   []string
+	logTail     int
+	incarnation int
+	mu          sync.Mutex
+	paused      bool
 }
 
 // AgentSpec describes an agent process.
@@ -62,16 +70,8 @@ func startAgentProcess(t testing.TB, name, bin string, args, env []string, logTa
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
-	if env != nil {
-		cmd.Env = append(os.Environ(), env...)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting agent %s: %v", name, err)
-	}
-	p := &AgentProcess{Name: name, Cmd: cmd, log: logf, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
+	p := &AgentProcess{Name: name, log: logf, done: make(chan struct{}), bin: bin, args: args, env: env, logTail: logTail}
+	p.start(t)
 	t.Cleanup(func() {
 		p.Stop()
 		if t.Failed() {
@@ -80,6 +80,20 @@ func startAgentProcess(t testing.TB, name, bin string, args, env []string, logTa
 		}
 	})
 	return p
+}
+
+func (p *AgentProcess) start(t testing.TB) {
+	t.Helper()
+	cmd := exec.Command(p.bin, p.args...)
+	if p.env != nil {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting agent %s: %v", p.Name, err)
+	}
+	p.Cmd = cmd
+	go func() { _ = cmd.Wait(); close(p.done) }()
 }
 
 // Log returns what the agent has logged so far.
@@ -98,7 +112,7 @@ func (p *AgentProcess) Kill() {
 	<-p.done
 }
 
-// Stop sends SIGTERM and waits.
+// Stop sends SIGTERM and waits (a paused agent is continued first: SIGTERM would wait for it).
 func (p *AgentProcess) Stop() {
 	select {
 	case <-p.done:
@@ -106,6 +120,7 @@ func (p *AgentProcess) Stop() {
 	default:
 	}
 	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	p.Resume()
 	select {
 	case <-p.done:
 	case <-time.After(20 * time.Second):

@@ -47,6 +47,12 @@ type Env struct {
 	Config *rest.Config
 	Client client.Client
 	Scheme *k8sruntime.Scheme
+
+	// certDir is the apiserver's certificate directory, owned by Env (not envtest) so that
+	// the apiserver can be stopped and started again with the same certificates (faults.go).
+	certDir string
+	apiMu   sync.Mutex
+	apiDown bool
 }
 
 // Scheme has the client-go types and the farm's.
@@ -73,13 +79,21 @@ func StartEnv() (*Env, string, error) {
 			return nil, msg, nil
 		}
 	}
+	// A certificate directory of our own: envtest removes one it made itself when the apiserver
+	// stops, and a restart would then serve under a new CA no existing client trusts.
+	certDir, err := os.MkdirTemp("", "guixfarm-apiserver-")
+	if err != nil {
+		return nil, "", err
+	}
 	e := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(Root(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 	}
+	e.ControlPlane.APIServer = &envtest.APIServer{CertDir: certDir}
 	cfg, err := e.Start()
 	if err != nil {
+		os.RemoveAll(certDir)
 		return nil, "", fmt.Errorf("starting envtest: %w", err)
 	}
 	cfg.QPS, cfg.Burst = 500, 1000
@@ -87,9 +101,19 @@ func StartEnv() (*Env, string, error) {
 	c, err := client.New(cfg, client.Options{Scheme: s})
 	if err != nil {
 		_ = e.Stop()
+		os.RemoveAll(certDir)
 		return nil, "", err
 	}
-	return &Env{Env: e, Config: cfg, Client: c, Scheme: s}, "", nil
+	return &Env{Env: e, Config: cfg, Client: c, Scheme: s, certDir: certDir}, "", nil
+}
+
+// Stop stops the apiserver and etcd and removes what they kept on disk (call from TestMain).
+func (e *Env) Stop() error {
+	err := e.Env.Stop()
+	if e.certDir != "" {
+		os.RemoveAll(e.certDir)
+	}
+	return err
 }
 
 // Namespace creates a fresh namespace for one test.
@@ -119,6 +143,71 @@ type ControllerOptions struct {
 // from drvDir. It stops when the test ends.
 func (e *Env) StartController(t testing.TB, namespace, drvDir string, o ControllerOptions) *controllers.Farm {
 	t.Helper()
+	return e.RunController(t, namespace, drvDir, o).Farm()
+}
+
+// Controller is an in-process controller that a test can stop and start again, as a crash and a
+// restart of the controller's process would: each start is a new manager with empty caches, a new
+// planner and a new availability owner (o.Facts, o.Bucket and o.Metrics, when set, are reused).
+type Controller struct {
+	t                 testing.TB
+	env               *Env
+	namespace, drvDir string
+	o                 ControllerOptions
+
+	mu     sync.Mutex
+	farm   *controllers.Farm
+	cancel context.CancelFunc
+	done   chan struct{}
+	// errs are what the managers returned; a manager that fails is an error of the test unless
+	// ExitOK was set.
+	errs []error
+	// ExitOK: a manager returning an error (e.g. while the apiserver is down) is recorded in Errs,
+	// not reported as a test error.
+	ExitOK bool
+}
+
+// RunController starts the controllers in-process like StartController and returns a handle that
+// can stop and start them; they stop when the test ends.
+func (e *Env) RunController(t testing.TB, namespace, drvDir string, o ControllerOptions) *Controller {
+	t.Helper()
+	c := &Controller{t: t, env: e, namespace: namespace, drvDir: drvDir, o: o}
+	c.Start()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// Farm is the running controller's wiring (nil while stopped).
+func (c *Controller) Farm() *controllers.Farm {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.farm
+}
+
+// Running says whether the controller runs.
+func (c *Controller) Running() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cancel != nil
+}
+
+// Errs are the errors the managers returned so far.
+func (c *Controller) Errs() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]error(nil), c.errs...)
+}
+
+// Start starts the controller (a new manager); it does nothing if it runs.
+func (c *Controller) Start() {
+	t := c.t
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cancel != nil {
+		return
+	}
+	e, o := c.env, c.o
 	log := o.Log
 	if log.GetSink() == nil {
 		log = testr.NewWithInterface(t, testr.Options{Verbosity: 0})
@@ -126,7 +215,7 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{
 		Scheme:                 e.Scheme,
 		Logger:                 log,
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}, DefaultTransform: cache.TransformStripManagedFields()},
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{c.namespace: {}}, DefaultTransform: cache.TransformStripManagedFields()},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             ctrlConfigUnique(),
@@ -137,7 +226,7 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 	ctx, cancel := context.WithCancel(context.Background())
 	facts := o.Facts
 	if facts == nil {
-		facts = drvsource.NewFactsCache(drvsource.NewDir(drvDir, ""), 10000)
+		facts = drvsource.NewFactsCache(drvsource.NewDir(c.drvDir, ""), 10000)
 	}
 	m := o.Metrics
 	if m == nil {
@@ -152,16 +241,41 @@ func (e *Env) StartController(t testing.TB, namespace, drvDir string, o Controll
 		cancel()
 		t.Fatalf("setting up controllers: %v", err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
+	done := make(chan struct{})
 	go func() {
-		defer wg.Done()
+		defer close(done)
 		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager: %v", err)
+			c.mu.Lock()
+			c.errs = append(c.errs, err)
+			ok := c.ExitOK
+			c.mu.Unlock()
+			if !ok {
+				t.Errorf("manager: %v", err)
+			}
 		}
 	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return farm
+	c.farm, c.cancel, c.done = farm, cancel, done
+}
+
+// Stop stops the controller and waits until its manager has returned; it does nothing if it is
+// stopped.
+func (c *Controller) Stop() {
+	c.mu.Lock()
+	cancel, done := c.cancel, c.done
+	c.cancel, c.done, c.farm = nil, nil, nil
+	c.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+}
+
+// Restart stops the controller, waits for pause, and starts it again.
+func (c *Controller) Restart(pause time.Duration) {
+	c.Stop()
+	time.Sleep(pause)
+	c.Start()
 }
 
 // Kubeconfig writes a kubeconfig for the envtest apiserver (for agent processes and kubectl).

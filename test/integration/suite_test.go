@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 	}
 	env = e
 	code := m.Run()
-	_ = e.Env.Stop()
+	_ = e.Stop()
 	os.Exit(code)
 }
 

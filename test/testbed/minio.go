@@ -29,10 +29,12 @@ type MinIO struct {
 	// Client is an admin client.
 	Client *minio.Client
 
-	cmd     *exec.Cmd
-	logs    *bytes.Buffer
-	mu      sync.Mutex
-	stopped bool
+	bin, console string
+	cmd          *exec.Cmd
+	exited       chan struct{}
+	logs         *bytes.Buffer
+	mu           sync.Mutex
+	stopped      bool
 }
 
 // StartMinIO starts MinIO with a temporary data dir on a free port and
@@ -60,39 +62,13 @@ func startMinIO(t testing.TB, bin string) (*MinIO, error) {
 		SecretKey: "farmadmin-secret",
 		DataDir:   t.TempDir(),
 		logs:      &bytes.Buffer{},
+		bin:       bin,
+		console:   "127.0.0.1:" + itoa(console),
 	}
 	m.URL = "http://" + m.Endpoint
-	m.cmd = exec.Command(bin, "server", m.DataDir, "--quiet", "--address", m.Endpoint, "--console-address", "127.0.0.1:"+itoa(console))
-	m.cmd.Env = append(os.Environ(),
-		"MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
-		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
-	m.cmd.Stdout, m.cmd.Stderr = &lockedWriter{w: m.logs, mu: &m.mu}, &lockedWriter{w: m.logs, mu: &m.mu}
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := m.cmd.Start(); err != nil {
+	t.Cleanup(m.Stop)
+	if err := m.spawn(); err != nil {
 		return nil, err
-	}
-	exited := make(chan struct{})
-	go func() { m.cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { m.stop(exited) })
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case <-exited:
-			return nil, fmt.Errorf("minio exited: %s", m.Logs())
-		default:
-		}
-		resp, err := http.Get(m.URL + "/minio/health/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("minio not ready after 30s: %v\n%s", err, m.Logs())
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, "")})
 	if err != nil {
@@ -102,17 +78,97 @@ func startMinIO(t testing.TB, bin string) (*MinIO, error) {
 	return m, nil
 }
 
-func (m *MinIO) stop(exited chan struct{}) {
+// spawn starts the server on m's address and data dir and waits until it is ready.
+func (m *MinIO) spawn() error {
+	cmd := exec.Command(m.bin, "server", m.DataDir, "--quiet", "--address", m.Endpoint, "--console-address", m.console)
+	cmd.Env = append(os.Environ(),
+		"MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
+		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
+	cmd.Stdout, cmd.Stderr = &lockedWriter{w: m.logs, mu: &m.mu}, &lockedWriter{w: m.logs, mu: &m.mu}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	m.mu.Lock()
+	m.cmd, m.exited, m.stopped = cmd, exited, false
+	m.mu.Unlock()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-exited:
+			return fmt.Errorf("minio exited: %s", m.Logs())
+		default:
+		}
+		resp, err := http.Get(m.URL + "/minio/health/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			m.Stop()
+			return fmt.Errorf("minio not ready after 30s: %v\n%s", err, m.Logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop stops the server (SIGTERM, SIGKILL after 10 s) and waits for it to exit; its data dir is
+// kept for Start. It does nothing if the server is stopped.
+func (m *MinIO) Stop() {
+	m.mu.Lock()
+	cmd, exited, stopped := m.cmd, m.exited, m.stopped
 	m.stopped = true
 	m.mu.Unlock()
-	m.cmd.Process.Signal(syscall.SIGTERM)
+	if stopped || cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-exited:
 	case <-time.After(10 * time.Second):
-		m.cmd.Process.Kill()
+		cmd.Process.Kill()
 		<-exited
 	}
+}
+
+// Start starts a stopped server again on the same address, with the same data dir (buckets,
+// objects and policies kept) and credentials, and waits until it is ready.
+func (m *MinIO) Start(t testing.TB) {
+	t.Helper()
+	m.mu.Lock()
+	stopped := m.stopped
+	m.mu.Unlock()
+	if !stopped {
+		return
+	}
+	var err error
+	for i := 0; i < 5; i++ { // the port is free once the old process has closed it
+		if err = m.spawn(); err == nil {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("testbed: starting minio again: %v", err)
+}
+
+// Stopped says whether the server is stopped.
+func (m *MinIO) Stopped() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stopped
+}
+
+// Outage stops the server for d, then starts it again.
+func (m *MinIO) Outage(t testing.TB, d time.Duration) {
+	t.Helper()
+	m.Stop()
+	time.Sleep(d)
+	m.Start(t)
 }
 
 // Logs returns what the server printed so far.
