@@ -419,7 +419,10 @@ func startRealFarm(t testing.TB) *rbFarm {
 }
 
 // startAgents starts the two healthy agents.
-func (f *rbFarm) startAgents(t testing.TB) {
+func (f *rbFarm) startAgents(t testing.TB) { f.startAgentsWith(t, nil) }
+
+// startAgentsWith starts the two healthy agents, their specs changed by change (when not nil).
+func (f *rbFarm) startAgentsWith(t testing.TB, change func(*farm.DaemonAgentSpec)) {
 	t.Helper()
 	// Nix 2.8 races when two daemon workers first open the same binary cache at once: one of them
 	// fails with "executing SQLite statement 'insert or replace into NARs…': constraint failed"
@@ -430,7 +433,11 @@ func (f *rbFarm) startAgents(t testing.TB) {
 		f.daemons[a].MustRun(t, "nix-store", "--realise", f.bb)
 	}
 	for _, a := range rbAgents {
-		f.agents[a] = env.StartDaemonAgent(t, f.kc, f.ns, f.agentSpec(a, f.daemons[a].Socket))
+		spec := f.agentSpec(a, f.daemons[a].Socket)
+		if change != nil {
+			change(&spec)
+		}
+		f.agents[a] = env.StartDaemonAgent(t, f.kc, f.ns, spec)
 	}
 }
 

@@ -1,0 +1,86 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/test/farm"
+)
+
+// outageDAG is outageBuilds independent real derivations, each sleeping long enough to be running
+// when the apiserver stops, and finishing while it is down.
+const outageDAG = `{ bb, nonce }:
+let
+  busybox = builtins.storePath bb;
+  mk = i: derivation {
+    name = "outage-${toString i}";
+    inherit nonce;
+    system = builtins.currentSystem;
+    builder = "${busybox}/bin/busybox";
+    args = [ "sh" "-c" "echo token-outage-${nonce}; ${busybox}/bin/busybox sleep 15; echo ${toString i} > $out" ];
+  };
+in builtins.listToAttrs (builtins.genList (i: { name = "o${toString i}"; value = mk i; }) 20)
+`
+
+const (
+	outageBuilds = 20
+	outageLength = 60 * time.Second
+)
+
+// TestAPIServerOutage: the apiserver stops for 60 s (ten Lease terms) while 20 real builds run on
+// two agents, and they all finish while it is down. No attempt is lost: agents keep building and
+// hold their results, the controller does not count the time it could not see against them, and
+// once the apiserver is back every Build Succeeds in its first attempt, spending no retry.
+func TestAPIServerOutage(t *testing.T) {
+	f := startRealFarm(t)
+	file := filepath.Join(f.submit.Root, "outage.nix")
+	if err := os.WriteFile(file, []byte(outageDAG), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"nix-instantiate", file, "--argstr", "bb", f.bb, "--argstr", "nonce", f.nonce}
+	var attrs []string
+	for i := range outageBuilds {
+		attrs = append(attrs, fmt.Sprintf("o%d", i))
+		args = append(args, "-A", attrs[i])
+	}
+	out := strings.Fields(f.submit.MustRun(t, args...))
+	if len(out) != len(attrs) {
+		t.Fatalf("nix-instantiate gave %d paths for %d attributes", len(out), len(attrs))
+	}
+	for i, a := range attrs {
+		f.addBuild(t, a, out[i])
+	}
+	f.submitBuilds(t, nil, attrs...) // also publishes busybox, which the agents' daemons substitute first
+	f.startAgentsWith(t, func(s *farm.DaemonAgentSpec) { s.Slots = outageBuilds / len(rbAgents) })
+	waitFor(t, 2*time.Minute, "every build to be running", func() (bool, string) {
+		bs := listBuilds(t, f.ns)
+		p := phases(bs)
+		return p[farmv1.BuildRunning] == outageBuilds, fmt.Sprint(p)
+	})
+
+	stoppedAt := time.Now()
+	env.StopAPIServer(t)
+	time.Sleep(outageLength)
+	env.StartAPIServer(t)
+	t.Logf("apiserver down for %s", time.Since(stoppedAt).Round(100*time.Millisecond))
+	if builderRunning("token-outage-" + f.nonce) {
+		t.Errorf("builders still run after the outage: the builds did not finish while the apiserver was down")
+	}
+
+	f.waitSucceeded(t, 2*time.Minute, attrs...)
+	t.Logf("every build Succeeded %s after the apiserver returned", time.Since(stoppedAt.Add(outageLength)).Round(100*time.Millisecond))
+	for _, a := range attrs {
+		b := f.byAttr(t, a)
+		if b.Status.AttemptCount != 1 || b.Status.LostAttempts != 0 || len(b.Status.Attempts) != 1 {
+			t.Errorf("%s: %d attempts, %d lost, history %+v; want the one attempt that ran through the outage",
+				b.Name, b.Status.AttemptCount, b.Status.LostAttempts, b.Status.Attempts)
+		}
+		f.checkOutputs(t, a)
+	}
+	f.checkBucket(t, outageBuilds)
+}
