@@ -51,9 +51,9 @@ type Options struct {
 	// AgentNamespace, when set, is the only namespace whose agent Leases are accepted: with the
 	// controller watching every namespace, a Lease labelled as an agent elsewhere is ignored.
 	AgentNamespace string
-	Clock      clock.Clock
-	Metrics    *metrics.Metrics
-	Log        logr.Logger
+	Clock          clock.Clock
+	Metrics        *metrics.Metrics
+	Log            logr.Logger
 }
 
 // Farm is what Setup wired: the planning loop (whose planner tests reach) and the availability
