@@ -35,6 +35,9 @@ func (b BucketPublisher) Publish(ctx context.Context, items []Item, commit func(
 		if errors.Is(err, bucket.ErrNotReproducible) {
 			return nil, errors.Join(ErrNotReproducible, err)
 		}
+		if bucket.Transient(err) {
+			return nil, errors.Join(ErrUnavailable, err)
+		}
 		return nil, err
 	}
 	out := make([]Published, len(res))

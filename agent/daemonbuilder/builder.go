@@ -46,6 +46,9 @@ type Config struct {
 	// TimeoutGrace is how long past the daemon's own timeout the builder waits before it stops
 	// the build itself (a daemon that ignores the setting must not hold a slot forever).
 	TimeoutGrace time.Duration
+	// PublishHold bounds how long a built attempt waits for an unreachable bucket to publish
+	// its outputs (default 10 min); past it the attempt is handed back, not failed.
+	PublishHold time.Duration
 }
 
 // Builder implements buildstep.Step on a daemon.
@@ -72,6 +75,9 @@ func New(cfg Config, pub Publisher, log logr.Logger) (*Builder, error) {
 	}
 	if cfg.MaxDrvSize <= 0 {
 		cfg.MaxDrvSize = derivation.DefaultMaxSize
+	}
+	if cfg.PublishHold <= 0 {
+		cfg.PublishHold = 10 * time.Minute
 	}
 	if cfg.PublishParallel <= 0 {
 		cfg.PublishParallel = 2
@@ -318,6 +324,10 @@ func (b *Builder) classify(ctx context.Context, err error, what string, tail []s
 		// status, so the message ("timed out after N seconds [of silence]") says it.
 		case de.Status == 101 || strings.Contains(de.Message, "timed out after"):
 			return buildstep.TimedOut(msg, tail)
+		case substitutesUnreachable(de.Message):
+			// The farm's bucket (or another substitute server) is down: the agent's trouble,
+			// handed back without spending the Build's attempts; the health check follows it.
+			return buildstep.AgentUnhealthy(msg)
 		case strings.HasPrefix(what, "building"):
 			return buildstep.BuildFailed(msg, tail)
 		default:
@@ -332,6 +342,24 @@ func (b *Builder) classify(ctx context.Context, err error, what string, tail []s
 		return buildstep.AgentUnhealthy(fmt.Errorf("%s: daemon connection: %w", what, err))
 	}
 	return buildstep.SetupFailed(fmt.Errorf("%s: %w", what, err))
+}
+
+// unreachableMarks are how the daemons say a substitute server could not be reached, as opposed
+// to not having a path: curl's errors in Nix ("unable to download …: Couldn't connect to server
+// (7)"), and the connection errors Guix's substituter reports.
+var unreachableMarks = []string{
+	"Couldn't connect to server", "Couldn't resolve host", "Timeout was reached", "Connection refused",
+	"connection refused", "Connection reset", "HTTP error 502", "HTTP error 503", "HTTP error 504",
+	"Failure when receiving data from the peer", "could not connect", "failed to connect",
+}
+
+func substitutesUnreachable(msg string) bool {
+	for _, m := range unreachableMarks {
+		if strings.Contains(msg, m) {
+			return true
+		}
+	}
+	return false
 }
 
 func isConnErr(err error) bool {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/guixfarm/guix-farm/agent/buildstep"
 	"github.com/guixfarm/guix-farm/internal/daemon"
@@ -43,6 +44,10 @@ type Published struct {
 // another NarHash.
 var ErrNotReproducible = errors.New("output already published with another NarHash")
 
+// ErrUnavailable is matched by a publisher's error when the bucket (or whatever publishes for the
+// agent) cannot be reached now: publishing again later may work, so the attempt is held.
+var ErrUnavailable = errors.New("publication unavailable")
+
 // maxClosure bounds the closure walked for one attempt.
 const maxClosure = 100_000
 
@@ -67,7 +72,7 @@ func (b *Builder) publish(ctx context.Context, conn *daemon.Conn, req buildstep.
 		}
 		return nil
 	}
-	pubd, err := b.pub.Publish(ctx, items, commit)
+	pubd, err := b.publishHeld(ctx, req, items, commit)
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
@@ -89,6 +94,28 @@ func (b *Builder) publish(ctx context.Context, conn *daemon.Conn, req buildstep.
 		res.Outputs = append(res.Outputs, buildstep.Output{Name: name, Path: outPaths[i], NarHash: hashes[outPaths[i]]})
 	}
 	return res, nil
+}
+
+// publishHeld publishes items, and while the publisher cannot be reached publishes again with
+// backoff, up to the hold: a built attempt is worth more than the wait (what was uploaded before
+// the outage costs a lookup the next time). Past the hold the error stands.
+func (b *Builder) publishHeld(ctx context.Context, req buildstep.Request, items []Item, commit func(context.Context) error) ([]Published, error) {
+	deadline := time.Now().Add(b.cfg.PublishHold)
+	backoff := time.Second
+	for {
+		pubd, err := b.pub.Publish(ctx, items, commit)
+		if err == nil || !errors.Is(err, ErrUnavailable) || ctx.Err() != nil || time.Now().Add(backoff).After(deadline) {
+			return pubd, err
+		}
+		b.log.Info("Publication unavailable; holding the attempt and trying again", "build", req.Build,
+			"retryIn", backoff, "holdUntil", deadline.Format(time.RFC3339), "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
 }
 
 // errOwnership wraps a failed ownership check.

@@ -72,6 +72,7 @@ func run() error {
 	flag.StringVar(&substituteURLs, "substitute-urls", "", "comma-separated substitute URLs the daemon uses after the farm's bucket (e.g. a distribution's)")
 	flag.StringVar(&keys, "trusted-public-keys", "", "comma-separated Nix public keys (name:base64) of the substitute servers, the farm's own included (Guix daemons read /etc/guix/acl)")
 	flag.IntVar(&dcfg.Cores, "cores", 0, "cores each build may use (0: all)")
+	flag.DurationVar(&dcfg.PublishHold, "publish-hold", 10*time.Minute, "how long a built attempt waits for an unreachable bucket before it is handed back (not failed)")
 	flag.StringVar(&store.Path, "store-path", "", "the store as this agent sees it (the shared volume), for its free-space floor; empty skips the check")
 	flag.Float64Var(&store.MinFreePercent, "min-free-percent", 10, "claim nothing while the store has less free space than this")
 	flag.Float64Var(&store.TargetFreePercent, "gc-target-free-percent", 20, "when below the floor, ask the daemon to collect garbage up to this")

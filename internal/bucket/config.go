@@ -276,6 +276,10 @@ func permanent(err error) error {
 	return permanentError{err}
 }
 
+// Transient says whether err is worth retrying later: the bucket could not be reached or
+// answered with a server error, as opposed to refusing the request.
+func Transient(err error) bool { return transient(err) }
+
 // transient says whether err is worth retrying: server errors, throttling,
 // timeouts and broken connections; never 4xx answers or bad input.
 func transient(err error) bool {

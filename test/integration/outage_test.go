@@ -24,18 +24,22 @@ let
     builder = "${busybox}/bin/busybox";
     args = [ "sh" "-c" "echo token-outage-${nonce}; ${busybox}/bin/busybox sleep 15; echo ${toString i} > $out" ];
   };
-in builtins.listToAttrs (builtins.genList (i: { name = "o${toString i}"; value = mk i; }) 20)
+in builtins.listToAttrs (builtins.genList (i: { name = "o${toString i}"; value = mk i; }) 24)
 `
 
 const (
-	outageBuilds = 20
-	outageLength = 60 * time.Second
+	outageBuilds       = 20 // through the apiserver's outage; 4 more through the bucket's
+	outageBucketBuilds = 4
+	outageLength       = 60 * time.Second
+	bucketOutage       = 20 * time.Second
 )
 
 // TestAPIServerOutage: the apiserver stops for 60 s (ten Lease terms) while 20 real builds run on
 // two agents, and they all finish while it is down. No attempt is lost: agents keep building and
 // hold their results, the controller does not count the time it could not see against them, and
-// once the apiserver is back every Build Succeeds in its first attempt, spending no retry.
+// once the apiserver is back every Build Succeeds in its first attempt, spending no retry. Then
+// MinIO stops for 20 s while 4 more build: their publication is held, not failed, and they too
+// Succeed in their first attempt once it is back.
 func TestAPIServerOutage(t *testing.T) {
 	f := startRealFarm(t)
 	file := filepath.Join(f.submit.Root, "outage.nix")
@@ -44,7 +48,7 @@ func TestAPIServerOutage(t *testing.T) {
 	}
 	args := []string{"nix-instantiate", file, "--argstr", "bb", f.bb, "--argstr", "nonce", f.nonce}
 	var attrs []string
-	for i := range outageBuilds {
+	for i := range outageBuilds + outageBucketBuilds {
 		attrs = append(attrs, fmt.Sprintf("o%d", i))
 		args = append(args, "-A", attrs[i])
 	}
@@ -55,13 +59,16 @@ func TestAPIServerOutage(t *testing.T) {
 	for i, a := range attrs {
 		f.addBuild(t, a, out[i])
 	}
+	attrs, later := attrs[:outageBuilds], attrs[outageBuilds:]
 	f.submitBuilds(t, nil, attrs...) // also publishes busybox, which the agents' daemons substitute first
 	f.startAgentsWith(t, func(s *farm.DaemonAgentSpec) { s.Slots = outageBuilds / len(rbAgents) })
-	waitFor(t, 2*time.Minute, "every build to be running", func() (bool, string) {
-		bs := listBuilds(t, f.ns)
-		p := phases(bs)
-		return p[farmv1.BuildRunning] == outageBuilds, fmt.Sprint(p)
-	})
+	running := func(n int) {
+		waitFor(t, 2*time.Minute, "every build to be running", func() (bool, string) {
+			p := phases(listBuilds(t, f.ns))
+			return p[farmv1.BuildRunning] == n, fmt.Sprint(p)
+		})
+	}
+	running(outageBuilds)
 
 	stoppedAt := time.Now()
 	env.StopAPIServer(t)
@@ -74,7 +81,22 @@ func TestAPIServerOutage(t *testing.T) {
 
 	f.waitSucceeded(t, 2*time.Minute, attrs...)
 	t.Logf("every build Succeeded %s after the apiserver returned", time.Since(stoppedAt.Add(outageLength)).Round(100*time.Millisecond))
-	for _, a := range attrs {
+
+	f.submitBuilds(t, nil, later...)
+	// Their builders running: past the substitution of their .drv files, so what the outage meets
+	// is their publication.
+	waitFor(t, 2*time.Minute, "the builders to run", func() (bool, string) {
+		n := builderCount("token-outage-" + f.nonce)
+		return n == len(later), fmt.Sprintf("%d running", n)
+	})
+	f.minio.Stop()
+	time.Sleep(bucketOutage)
+	f.minio.Start(t)
+	back := time.Now()
+	f.waitSucceeded(t, 2*time.Minute, later...)
+	t.Logf("MinIO down for %s; the held builds Succeeded %s after it returned", bucketOutage, time.Since(back).Round(100*time.Millisecond))
+
+	for _, a := range append(attrs, later...) {
 		b := f.byAttr(t, a)
 		if b.Status.AttemptCount != 1 || b.Status.LostAttempts != 0 || len(b.Status.Attempts) != 1 {
 			t.Errorf("%s: %d attempts, %d lost, history %+v; want the one attempt that ran through the outage",
@@ -82,5 +104,5 @@ func TestAPIServerOutage(t *testing.T) {
 		}
 		f.checkOutputs(t, a)
 	}
-	f.checkBucket(t, outageBuilds)
+	f.checkBucket(t, outageBuilds+outageBucketBuilds)
 }

@@ -942,21 +942,25 @@ func (f *rbFarm) checkSick(t *testing.T) {
 
 // builderRunning says whether a process (a builder in some daemon's sandbox) has token in its
 // command line.
-func builderRunning(token string) bool {
+func builderRunning(token string) bool { return builderCount(token) > 0 }
+
+// builderCount is the number of processes with token in their command line.
+func builderCount(token string) int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return false
+		return 0
 	}
+	n := 0
 	for _, e := range ents {
 		if c := e.Name()[0]; c < '0' || c > '9' {
 			continue
 		}
 		data, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
 		if err == nil && bytes.Contains(data, []byte(token)) {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 type rbLog struct {
