@@ -68,6 +68,10 @@ type Reconciler struct {
 	// brings the Build back anyway.
 	mu        sync.Mutex
 	wroteFrom map[types.NamespacedName]string
+	// wroteTo holds, per Build, the resourceVersion our last status write made, until its watch
+	// event arrives: that event shows exactly what the reconcile that wrote it already decided, so
+	// it is not reconciled again (one reconcile per change, not two).
+	wroteTo map[types.NamespacedName]string
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
@@ -130,7 +134,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, perr
 	}
 	if !equalStatus(before, b) {
-		r.wrote(req.NamespacedName, before.ResourceVersion)
+		r.wrote(req.NamespacedName, before.ResourceVersion, b.ResourceVersion)
 	}
 	if before.Status.Phase != b.Status.Phase {
 		agent := ""
@@ -164,16 +168,32 @@ func (r *Reconciler) forgetWrite(n types.NamespacedName) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.wroteFrom, n)
+	delete(r.wroteTo, n)
 }
 
-// wrote records that a status write of n based on version rv succeeded.
-func (r *Reconciler) wrote(n types.NamespacedName, rv string) {
+// wrote records that a status write of n based on version from succeeded, making version to.
+func (r *Reconciler) wrote(n types.NamespacedName, from, to string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.wroteFrom == nil {
 		r.wroteFrom = map[types.NamespacedName]string{}
+		r.wroteTo = map[types.NamespacedName]string{}
 	}
-	r.wroteFrom[n] = rv
+	r.wroteFrom[n] = from
+	r.wroteTo[n] = to
+}
+
+// ownWrite says whether version rv of n is the one our last status write made, arriving through
+// the watch, and forgets the write once its event is seen.
+func (r *Reconciler) ownWrite(n types.NamespacedName, rv string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.wroteTo[n]
+	if !ok {
+		return false
+	}
+	delete(r.wroteTo, n)
+	return w == rv
 }
 
 // conflictRequeue is the fallback retry after losing a status write to a concurrent writer.
