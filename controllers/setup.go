@@ -3,13 +3,16 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
@@ -61,6 +64,34 @@ type Options struct {
 type Farm struct {
 	Loop         *planning.Loop
 	Availability *availability.Owner
+	// Loading holds the first plan until the model is loaded.
+	Loading *planning.Loading
+}
+
+// Ready is the controller's readiness: its caches have synced and the planner has planned over a
+// loaded model. With leader election, a replica that is not the leader plans nothing, and is
+// ready once its caches are; without it the one replica must plan (the manager says it is
+// "elected" only once it has started its runnables, which a probe may come before).
+func (f *Farm) Ready(mgr ctrl.Manager, leaderElection bool) func(*http.Request) error {
+	return func(req *http.Request) error {
+		ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("caches not synced yet")
+		}
+		leader := !leaderElection
+		if !leader {
+			select {
+			case <-mgr.Elected():
+				leader = true
+			default:
+			}
+		}
+		if leader && !f.Loop.Planned() {
+			return fmt.Errorf("first full plan not done yet (%d Builds still loading into the planner)", f.Loading.Pending())
+		}
+		return nil
+	}
 }
 
 // Setup registers indexes, reconcilers, the planning loop and the availability owner with mgr.
@@ -103,6 +134,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	}
 	loop := planning.New(p, o.Clock, o.Log.WithName("planner"), o.Metrics, o.PlanDebounce, br.Notify)
 	br.Loop = loop
+	loading := planning.NewLoading(unfinishedBuilds(mgr.GetCache()), o.Clock, o.Log.WithName("loading"), loop.Kick)
+	loop.Loading, br.Loading = loading, loading
 	var err error
 	owner, err = availability.New(availability.Options{
 		Store: o.Bucket, Outputs: outputPaths(o.Facts), MaxEntries: o.AvailabilityEntries, Clock: o.Clock,
@@ -146,6 +179,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	if err := pr.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agentpool controller: %w", err)
 	}
+	if err := mgr.Add(loading); err != nil {
+		return nil, fmt.Errorf("adding the model's loading: %w", err)
+	}
 	if err := mgr.Add(loop); err != nil {
 		return nil, fmt.Errorf("adding the planning loop: %w", err)
 	}
@@ -156,7 +192,25 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	})); err != nil {
 		return nil, fmt.Errorf("adding the availability owner: %w", err)
 	}
-	return &Farm{Loop: loop, Availability: owner}, nil
+	return &Farm{Loop: loop, Availability: owner, Loading: loading}, nil
+}
+
+// unfinishedBuilds lists the keys of the cached Builds that have not finished, reading the cache
+// in place: a deep copy of 10^5 Builds would double the controller's memory for a moment.
+func unfinishedBuilds(c client.Reader) func(ctx context.Context) ([]planner.BuildKey, error) {
+	return func(ctx context.Context) ([]planner.BuildKey, error) {
+		var list farmv1.BuildList
+		if err := c.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+			return nil, err
+		}
+		keys := make([]planner.BuildKey, 0, len(list.Items))
+		for i := range list.Items {
+			if b := &list.Items[i]; !b.Status.Phase.Finished() {
+				keys = append(keys, planner.BuildKey(b.Namespace+"/"+b.Name))
+			}
+		}
+		return keys, nil
+	}
 }
 
 // outputPaths adapts the facts cache to the availability owner: a derivation's output paths.

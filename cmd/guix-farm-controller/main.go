@@ -159,7 +159,7 @@ func run() error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	if err := mgr.AddReadyzCheck("readyz", farm.Ready(mgr, leaderElect)); err != nil {
 		return err
 	}
 	log.Info("Starting", "strategy", o.Strategy, "namespace", namespace)

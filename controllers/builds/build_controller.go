@@ -59,6 +59,8 @@ type Reconciler struct {
 	DefaultTTL time.Duration
 	// MaxConcurrentReconciles bounds parallel reconciles.
 	MaxConcurrentReconciles int
+	// Loading, when set, hears of each Build's first reconcile (the first plan waits for all).
+	Loading *planning.Loading
 
 	planned chan event.TypedGenericEvent[*farmv1.Build]
 
@@ -101,6 +103,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	log := ctrl.LoggerFrom(ctx).WithValues("build", req.NamespacedName.String())
 	ctx = ctrl.LoggerInto(ctx, log)
 	key := buildKey(req.NamespacedName)
+	defer r.Loading.Seen(key)
 	b := &farmv1.Build{}
 	if err := r.Client.Get(ctx, req.NamespacedName, b); err != nil {
 		if apierrors.IsNotFound(err) {

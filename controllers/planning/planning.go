@@ -6,6 +6,7 @@ package planning
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -37,6 +38,11 @@ type Loop struct {
 	// Unresolved, when set, is handed the derivations the planner lists as unresolved after each
 	// pass (Resolver.Resolve); it must not block on I/O.
 	Unresolved func(ctx context.Context, drvs []string)
+	// Loading, when set, holds every pass until the model is loaded (it kicks the loop then).
+	Loading *Loading
+
+	// planned is set after the first pass over a loaded model: readiness waits for it.
+	planned atomic.Bool
 
 	mu      sync.Mutex
 	intents map[planner.BuildKey]Intent
@@ -48,6 +54,9 @@ func New(p *planner.Planner, clk clock.Clock, log logr.Logger, m *metrics.Metric
 	return &Loop{planner: p, clock: clk, log: log, metrics: m, notify: notify, debounce: debounce,
 		kick: make(chan struct{}, 1), intents: map[planner.BuildKey]Intent{}}
 }
+
+// Planned says whether the loop has planned over a loaded model at least once.
+func (l *Loop) Planned() bool { return l.planned.Load() }
 
 // Planner is the model the loop plans over; feed it, then Kick.
 func (l *Loop) Planner() *planner.Planner { return l.planner }
@@ -80,7 +89,12 @@ func (l *Loop) Start(ctx context.Context) error {
 			case <-l.clock.After(l.debounce):
 			}
 		}
+		if !l.Loading.Loaded() {
+			wake = nil
+			continue
+		}
 		next := l.planOnce()
+		l.planned.Store(true)
 		if l.Unresolved != nil {
 			if drvs := l.planner.TakeUnresolved(); len(drvs) > 0 {
 				l.Unresolved(ctx, drvs)

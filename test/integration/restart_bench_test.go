@@ -33,7 +33,7 @@ func restartBuilds(b *testing.B) int {
 // distroDrvs writes n .drv files shaped like a distribution's queue: chains up to 150 deep, six
 // toolchain hubs every derivation depends on (~n/6 dependents each), and up to two more inputs
 // among the earlier derivations. Every derivation gets a Build, so no input is left to the bucket.
-func distroDrvs(b *testing.B, n int) (*farm.Drvs, []string) {
+func distroDrvs(b testing.TB, n int) (*farm.Drvs, []string) {
 	b.Helper()
 	drvs := farm.NewDrvs(b)
 	rng := rand.New(rand.NewPCG(uint64(n), 7))
