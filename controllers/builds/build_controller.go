@@ -114,7 +114,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	if r.behindOwnWrite(req.NamespacedName, b.ResourceVersion) {
-		return ctrl.Result{}, nil
+		// Our write's watch event is still to come. It must bring the Build back now (something
+		// asked for this reconcile: the planner allocated it, say), so it is no longer skipped;
+		// the requeue covers an event that was skipped just before this.
+		r.keepOwnWriteEvent(req.NamespacedName)
+		return ctrl.Result{RequeueAfter: ownWriteRequeue}, nil
 	}
 	if b.Status.Phase.Finished() {
 		r.Loop.Forget(key)
@@ -185,6 +189,17 @@ func (r *Reconciler) wrote(n types.NamespacedName, from, to string) {
 	r.wroteFrom[n] = from
 	r.wroteTo[n] = to
 }
+
+// keepOwnWriteEvent makes the watch event of our last write of n reconcile it after all.
+func (r *Reconciler) keepOwnWriteEvent(n types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.wroteTo, n)
+}
+
+// ownWriteRequeue is the fallback for a reconcile asked for while the cache still lagged behind
+// our own write.
+const ownWriteRequeue = 250 * time.Millisecond
 
 // ownWrite says whether version rv of n is the one our last status write made, arriving through
 // the watch, and forgets the write once its event is seen.

@@ -212,3 +212,18 @@ func TestOwnWriteSkipsOneEvent(t *testing.T) {
 		t.Fatal("another writer's version was taken for ours")
 	}
 }
+
+// A reconcile asked for while the cache still shows the version before our own write (the planner
+// allocated the Build meanwhile) keeps that write's watch event: it must bring the Build back.
+func TestOwnWriteEventKeptWhenAskedMeanwhile(t *testing.T) {
+	n := types.NamespacedName{Namespace: "ns", Name: "b"}
+	r := &Reconciler{}
+	r.wrote(n, "5", "6")
+	if !r.behindOwnWrite(n, "5") {
+		t.Fatal("the cache at the pre-write version was not seen as behind")
+	}
+	r.keepOwnWriteEvent(n)
+	if r.ownWrite(n, "6") {
+		t.Fatal("the watch event of our write was skipped though a reconcile was asked for meanwhile")
+	}
+}

@@ -13,3 +13,6 @@ func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
 func ctrlConfigUnique() config.Controller {
 	return config.Controller{SkipNameValidation: ptr.To(true)}
 }
+
+// APIServerPID is the envtest apiserver's process id (0 if it is not running).
+func (e *Env) APIServerPID() int { return e.apiServerPid() }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,8 +16,8 @@ import (
 	"github.com/guixfarm/guix-farm/test/farm"
 )
 
-// restartBuilds is how many Builds BenchmarkControllerRestart loads (GUIXFARM_RESTART_BUILDS
-// overrides it, e.g. for a quick run).
+// restartBuilds is how many Builds BenchmarkControllerRestart loads: 10,000 in `make bench`;
+// GUIXFARM_RESTART_BUILDS=100000 runs a distribution's queue (about 15 minutes here).
 func restartBuilds(b *testing.B) int {
 	if s := os.Getenv("GUIXFARM_RESTART_BUILDS"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -27,7 +26,7 @@ func restartBuilds(b *testing.B) int {
 		}
 		return n
 	}
-	return 100_000
+	return 10_000
 }
 
 // distroDrvs writes n .drv files shaped like a distribution's queue: chains up to 150 deep, six
@@ -70,12 +69,15 @@ func dedup(s []string) []string {
 }
 
 // BenchmarkControllerRestart: the real controller binary starts against an apiserver that
-// already holds 100,000 pending Builds (created while no controller ran) of a
-// distribution-shaped DAG, derivation-ordered, .drv files from a directory, no agents: the
-// restart of a distribution's farm. Timed: from the process's start to the end of the first
-// planning pass that models every Build (its queue-depth metric, set after each pass, reaches
-// the count). first-plan-s is that time; peak-RSS-MiB the process's high-water RSS (VmHWM) then;
-// create-s how long the creates took (untimed; the apiserver's share, for reference).
+// already holds n pending Builds (created while no controller ran; 10^4, or
+// GUIXFARM_RESTART_BUILDS) of a distribution-shaped DAG, derivation-ordered, .drv files from a
+// directory, with three agents (8 slots each) waiting: the cold start of a distribution's farm.
+// Once every Build has its facts and the work queue is empty, the controller is killed and
+// started again: the warm restart. Reported, for each: the time to the first full plan and to
+// all facts (work queue empty), and per Build the controller's writes (PATCH, PUT, DELETE),
+// Events (POSTs), and reconciles; allocation withdrawals per start; the controller's peak RSS;
+// after the cold start, the apiserver's RSS and etcd's bytes per Build. create-s is how long
+// the creates took (the apiserver's share, for reference).
 func BenchmarkControllerRestart(b *testing.B) {
 	n := restartBuilds(b)
 	ctx := context.Background()
@@ -88,29 +90,51 @@ func BenchmarkControllerRestart(b *testing.B) {
 		return env.Client.Create(ctx, farm.MakeBuild(fmt.Sprintf("pkg-%06d", i), ns, paths[i]).Priority(int32(i%100)).Obj())
 	})
 	created := time.Since(start)
-	bin := farm.Binary(b, "guix-farm-controller")
 	kc := env.Kubeconfig(b)
-	var first time.Duration
-	var rss float64
-	for range b.N {
-		first, rss = restartOnce(b, bin, kc, ns, drvs.Dir, n)
+	for i := range 3 {
+		env.StartAgent(b, kc, ns, farm.AgentSpec{Name: fmt.Sprintf("agent-%d", i), Systems: []string{"x86_64-linux"},
+			Slots: 8, TestDuration: time.Hour, LeaseDuration: time.Minute})
 	}
-	b.ReportMetric(first.Seconds(), "first-plan-s")
-	b.ReportMetric(rss, "peak-RSS-MiB")
+	bin := farm.Binary(b, "guix-farm-controller")
+	var cold, warm restartRun
+	for range b.N {
+		cold = restartOnce(b, bin, kc, ns, drvs.Dir, n)
+		warm = restartOnce(b, bin, kc, ns, drvs.Dir, n)
+	}
+	per := func(v float64) float64 { return v / float64(n) }
+	b.ReportMetric(cold.firstPlan.Seconds(), "first-plan-s")
+	b.ReportMetric(cold.allFacts.Seconds(), "all-facts-s")
+	b.ReportMetric(per(cold.writes), "writes/build")
+	b.ReportMetric(per(cold.events), "events/build")
+	b.ReportMetric(per(cold.reconciles), "reconciles/build")
+	b.ReportMetric(cold.withdrawals, "withdrawals")
+	b.ReportMetric(cold.rss, "peak-RSS-MiB")
+	b.ReportMetric(warm.firstPlan.Seconds(), "warm-first-plan-s")
+	b.ReportMetric(warm.allFacts.Seconds(), "warm-all-facts-s")
+	b.ReportMetric(per(warm.writes), "warm-writes/build")
+	b.ReportMetric(warm.withdrawals, "warm-withdrawals")
+	b.ReportMetric(warm.rss, "warm-peak-RSS-MiB")
 	b.ReportMetric(created.Seconds(), "create-s")
 	b.ReportMetric(float64(n), "builds")
+	if pid := env.APIServerPID(); pid != 0 {
+		b.ReportMetric(peakRSS(b, pid)*1024/float64(n), "apiserver-KiB/build")
+	}
+	total, count := etcdBytes(b, "/registry/build.guixfarm.io/builds/"+ns+"/")
+	b.ReportMetric(float64(total)/float64(max(count, 1)), "etcd-bytes/build")
 }
 
-// restartOnce runs the controller until its first full planning pass and returns how long that
-// took and the process's peak RSS in MiB.
-func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) (time.Duration, float64) {
+// restartRun is what one start of the controller measured.
+type restartRun struct {
+	firstPlan, allFacts                     time.Duration
+	writes, events, reconciles, withdrawals float64
+	rss                                     float64
+}
+
+// restartOnce runs the controller until its first full planning pass and its work queue is empty
+// with every Build reconciled at least once, then kills it; it returns what it measured.
+func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) restartRun {
 	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(b)
 	logf, err := os.Create(b.TempDir() + "/controller.log")
 	if err != nil {
 		b.Fatal(err)
@@ -125,43 +149,88 @@ func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) (time.
 		b.Fatal(err)
 	}
 	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 	}()
-	deadline := start.Add(20 * time.Minute)
+	var run restartRun
+	deadline := start.Add(30 * time.Minute)
 	for time.Now().Before(deadline) {
-		if queued(addr) >= n {
-			took := time.Since(start)
-			return took, peakRSS(b, cmd.Process.Pid)
+		m := scrape(addr)
+		if run.firstPlan == 0 && m.sum("guixfarm_queue_depth") >= float64(n) {
+			run.firstPlan = time.Since(start)
 		}
-		time.Sleep(50 * time.Millisecond)
+		if run.firstPlan != 0 && m.sum("controller_runtime_reconcile_total", `controller="build"`) >= float64(n) &&
+			m.has("workqueue_depth", `name="build"`) && m.sum("workqueue_depth", `name="build"`) == 0 {
+			run.allFacts = time.Since(start)
+			run.writes = m.sum("rest_client_requests_total", `method="PATCH"`) + m.sum("rest_client_requests_total", `method="PUT"`) +
+				m.sum("rest_client_requests_total", `method="DELETE"`)
+			run.events = m.sum("rest_client_requests_total", `method="POST"`)
+			run.reconciles = m.sum("controller_runtime_reconcile_total", `controller="build"`)
+			run.withdrawals = m.sum("guixfarm_allocations_total", `kind="withdraw"`)
+			run.rss = peakRSS(b, cmd.Process.Pid)
+			return run
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	log, _ := os.ReadFile(logf.Name())
-	b.Fatalf("the controller modelled fewer than %d Builds after 20 minutes (queue depth %d); its log ends:\n%s",
-		n, queued(addr), tailString(string(log), 3000))
-	return 0, 0
+	b.Fatalf("the controller did not load and settle %d Builds in 30 minutes (first plan %s); its log ends:\n%s",
+		n, run.firstPlan, tailString(string(log), 3000))
+	return run
 }
 
-// queued sums the controller's guixfarm_queue_depth metric (0 while it is not up).
-func queued(addr string) int {
+// metricLines are the sample lines of a Prometheus text exposition.
+type metricLines []string
+
+// scrape reads the controller's metrics (none while it is not up).
+func scrape(addr string) metricLines {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return 0
+		return nil
 	}
 	defer resp.Body.Close()
-	total := 0.0
+	var m metricLines
 	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "guixfarm_queue_depth{") {
-			continue
+		if line := sc.Text(); line != "" && line[0] != '#' {
+			m = append(m, line)
 		}
+	}
+	return m
+}
+
+// sum adds the samples of metric name whose labels contain every one of labels.
+func (m metricLines) sum(name string, labels ...string) float64 {
+	total := 0.0
+	for _, line := range m.matching(name, labels) {
 		f := strings.Fields(line)
 		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
 		total += v
 	}
-	return int(total)
+	return total
 }
+
+func (m metricLines) has(name string, labels ...string) bool {
+	return len(m.matching(name, labels)) > 0
+}
+
+func (m metricLines) matching(name string, labels []string) []string {
+	var out []string
+	for _, line := range m {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if ok {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
 
 // peakRSS is a process's high-water resident set size (VmHWM), in MiB.
 func peakRSS(b *testing.B, pid int) float64 {
