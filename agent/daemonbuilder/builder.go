@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"syscall"
@@ -49,6 +51,9 @@ type Config struct {
 	// PublishHold bounds how long a built attempt waits for an unreachable bucket to publish
 	// its outputs (default 10 min); past it the attempt is handed back, not failed.
 	PublishHold time.Duration
+	// FarmCacheURL is the farm's bucket as a substitute server (default: SubstituteURLs[0]):
+	// local copies of farm-built inputs are checked against its narinfos (replaceStale).
+	FarmCacheURL string
 }
 
 // Builder implements buildstep.Step on a daemon.
@@ -61,6 +66,8 @@ type Builder struct {
 	// nars streams the nars of what is published, on pooled connections: a new connection
 	// costs the daemon a fork, a hundred times a small item's nar.
 	nars *daemon.Pool
+	// http reads narinfos from the farm's bucket.
+	http *http.Client
 }
 
 var _ buildstep.Step = (*Builder)(nil)
@@ -76,6 +83,9 @@ func New(cfg Config, pub Publisher, log logr.Logger) (*Builder, error) {
 	if cfg.MaxDrvSize <= 0 {
 		cfg.MaxDrvSize = derivation.DefaultMaxSize
 	}
+	if cfg.FarmCacheURL == "" && len(cfg.SubstituteURLs) > 0 {
+		cfg.FarmCacheURL = cfg.SubstituteURLs[0]
+	}
 	if cfg.PublishHold <= 0 {
 		cfg.PublishHold = 10 * time.Minute
 	}
@@ -85,7 +95,8 @@ func New(cfg Config, pub Publisher, log logr.Logger) (*Builder, error) {
 	if cfg.TimeoutGrace <= 0 {
 		cfg.TimeoutGrace = 30 * time.Second
 	}
-	b := &Builder{cfg: cfg, pub: pub, log: log, nars: daemon.NewPool(cfg.Socket, cfg.PublishParallel)}
+	b := &Builder{cfg: cfg, pub: pub, log: log, nars: daemon.NewPool(cfg.Socket, cfg.PublishParallel),
+		http: &http.Client{Timeout: 10 * time.Second}}
 	b.dial = func(ctx context.Context) (*daemon.Conn, error) { return daemon.Dial(ctx, cfg.Socket) }
 	return b, nil
 }
@@ -214,6 +225,9 @@ func (b *Builder) checkInputs(ctx context.Context, conn *daemon.Conn, drv *deriv
 			inputs = append(inputs, p)
 			producer[p] = in.Path
 		}
+	}
+	if err := b.replaceStale(ctx, conn, slices.Collect(maps.Keys(producer))); err != nil {
+		return err
 	}
 	for _, p := range inputs {
 		if err := conn.AddTempRoot(ctx, p); err != nil {
