@@ -55,6 +55,10 @@ tools-controller-gen:
 test: tools ## Unit and integration tests against a real apiserver, MinIO, nix-daemon and nix client.
 	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 -timeout 40m ./...
 
+.PHONY: test-chaos
+test-chaos: tools ## The chaos test alone; GUIXFARM_CHAOS_DURATION=10m (and _SEED, _DRVS) runs it longer (docs/chaos.md).
+	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 -timeout 2h -v -run 'TestChaos$$' ./test/integration/
+
 .PHONY: bench
 bench: tools ## Benchmarks, printed as `name value unit (baseline, ratio)`.
 	hack/bench.sh

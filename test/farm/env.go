@@ -137,6 +137,9 @@ type ControllerOptions struct {
 	Bucket availability.Store
 	// Metrics, when set, receives the controller's metrics (a test reads them back).
 	Metrics *metrics.Metrics
+	// ManagerErrorsOK: a manager returning an error (e.g. started while the apiserver is down) is
+	// recorded (Controller.Errs), not reported as an error of the test.
+	ManagerErrorsOK bool
 }
 
 // StartController runs the farm's controllers in-process, watching namespace, reading .drv files
@@ -160,11 +163,8 @@ type Controller struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	// errs are what the managers returned; a manager that fails is an error of the test unless
-	// ExitOK was set.
+	// o.ManagerErrorsOK.
 	errs []error
-	// ExitOK: a manager returning an error (e.g. while the apiserver is down) is recorded in Errs,
-	// not reported as a test error.
-	ExitOK bool
 }
 
 // RunController starts the controllers in-process like StartController and returns a handle that
@@ -247,9 +247,8 @@ func (c *Controller) Start() {
 		if err := mgr.Start(ctx); err != nil {
 			c.mu.Lock()
 			c.errs = append(c.errs, err)
-			ok := c.ExitOK
 			c.mu.Unlock()
-			if !ok {
+			if !o.ManagerErrorsOK {
 				t.Errorf("manager: %v", err)
 			}
 		}

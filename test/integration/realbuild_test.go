@@ -129,7 +129,9 @@ type rbFarm struct {
 	agents    map[string]*farm.AgentProcess
 	nonce     string
 	facts     *drvsource.FactsCache // the controller's, reading .drv files from the bucket
-	owner     *availability.Owner   // the controller's
+	ctrl      *farm.Controller      // the in-process controller
+	ctrlLog   *rbLog                // its log
+	owner     *availability.Owner   // the controller's (of its first start)
 	plugin    string                // kubectl-guixfarm
 	builds    map[string]*rbBuild   // by attr
 }
@@ -339,8 +341,26 @@ func TestRealBuild(t *testing.T) {
 // startRealFarm starts the farm but its agents: MinIO with the bucket, the signing keys, the
 // submitter's daemon (with busybox) and the agents' daemons, the controller and the plugin. What
 // it builds is the caller's to instantiate (instantiate, for realDAG).
-func startRealFarm(t testing.TB) *rbFarm {
+func startRealFarm(t testing.TB) *rbFarm { return startRealFarmWith(t, rbOptions{}) }
+
+// rbOptions vary startRealFarm.
+type rbOptions struct {
+	// Agents names the agents whose daemons are started (default rbAgents).
+	Agents []string
+	// DaemonConf is the extra nix.conf of an agent's daemon (default: the flaky directory bound
+	// into its sandbox).
+	DaemonConf func(agent string) string
+	// ControllerErrorsOK: the controller's manager may return errors (faults injected).
+	ControllerErrorsOK bool
+	// ControllerVerbosity is the verbosity of the controller's log (kept, printed if the test fails).
+	ControllerVerbosity int
+}
+
+func startRealFarmWith(t testing.TB, o rbOptions) *rbFarm {
 	t.Helper()
+	if o.Agents == nil {
+		o.Agents = rbAgents
+	}
 	ctx := context.Background()
 	f := &rbFarm{daemons: map[string]*testbed.NixDaemon{}, agents: map[string]*farm.AgentProcess{}, builds: map[string]*rbBuild{},
 		nonce: strconv.FormatInt(time.Now().UnixNano(), 36)}
@@ -376,9 +396,13 @@ func startRealFarm(t testing.TB) *rbFarm {
 	}
 	f.submit = testbed.StartNixDaemon(t, testbed.NixOptions{})
 	f.bb = f.submit.AddBusybox(t)
-	for _, a := range rbAgents {
+	for _, a := range o.Agents {
+		conf := "extra-sandbox-paths = /flaky=" + f.flakyDir + "\n"
+		if o.DaemonConf != nil {
+			conf = o.DaemonConf(a)
+		}
 		f.daemons[a] = testbed.StartNixDaemon(t, testbed.NixOptions{Substituters: []string{f.bucketURL},
-			TrustedPublicKeys: []string{f.nixPub}, ExtraConf: "extra-sandbox-paths = /flaky=" + f.flakyDir + "\n"})
+			TrustedPublicKeys: []string{f.nixPub}, ExtraConf: conf})
 	}
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -401,17 +425,19 @@ func startRealFarm(t testing.TB) *rbFarm {
 		t.Fatal(err)
 	}
 	ctrlLog := &rbLog{}
+	f.ctrlLog = ctrlLog
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("controller log:\n%s", rbTail(ctrlLog.String(), 8000))
 		}
 	})
 	f.facts = drvsource.NewFactsCache(creader, 1000)
-	f.owner = env.StartController(t, f.ns, "", farm.ControllerOptions{Strategy: planner.DerivationOrdered,
-		Facts: f.facts, Bucket: creader,
+	f.ctrl = env.RunController(t, f.ns, "", farm.ControllerOptions{Strategy: planner.DerivationOrdered,
+		Facts: f.facts, Bucket: creader, ManagerErrorsOK: o.ControllerErrorsOK,
 		Log: funcr.New(func(prefix, args string) {
 			fmt.Fprintf(ctrlLog, "%s %s %s\n", time.Now().Format("15:04:05.000"), prefix, args)
-		}, funcr.Options{})}).Availability
+		}, funcr.Options{Verbosity: o.ControllerVerbosity})})
+	f.owner = f.ctrl.Farm().Availability
 
 	f.kc = env.Kubeconfig(t)
 	f.plugin = pluginBinary(t)
