@@ -16,6 +16,7 @@ import (
 
 	"github.com/guixfarm/guix-farm/internal/compress"
 	"github.com/guixfarm/guix-farm/internal/nar"
+	"github.com/guixfarm/guix-farm/internal/storepath"
 )
 
 // Publishing through someone else's upload: the holder of the bucket's write credentials and the
@@ -273,3 +274,10 @@ func (p *Publisher) presignPut(ctx context.Context, key string, expiry time.Dura
 	}
 	return PresignedPut{URL: u.String(), Headers: headers, Expires: now.Add(expiry)}, nil
 }
+
+// StoreDir is the store directory of the paths this publisher publishes.
+func (p *Publisher) StoreDir() storepath.Dir { return p.dir }
+
+// NormalizeNarHash turns the forms of a NarHash a daemon or a narinfo uses ("sha256:<nixbase32>",
+// "sha256:<hex>", bare hex, SRI "sha256-<base64>") into "sha256:<nixbase32>".
+func NormalizeNarHash(h string) (string, error) { return normalizeNarHash(h) }

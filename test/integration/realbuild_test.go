@@ -132,6 +132,8 @@ type rbFarm struct {
 	owner     *availability.Owner   // the controller's
 	plugin    string                // kubectl-guixfarm
 	builds    map[string]*rbBuild   // by attr
+	// publisherURL is the controller's publisher service, when it serves one (withPublisher).
+	publisherURL string
 }
 
 const (
@@ -339,7 +341,7 @@ func TestRealBuild(t *testing.T) {
 // startRealFarm starts the farm but its agents: MinIO with the bucket, the signing keys, the
 // submitter's daemon (with busybox) and the agents' daemons, the controller and the plugin. What
 // it builds is the caller's to instantiate (instantiate, for realDAG).
-func startRealFarm(t testing.TB) *rbFarm {
+func startRealFarm(t testing.TB, tweak ...func(f *rbFarm, o *farm.ControllerOptions)) *rbFarm {
 	t.Helper()
 	ctx := context.Background()
 	f := &rbFarm{daemons: map[string]*testbed.NixDaemon{}, agents: map[string]*farm.AgentProcess{}, builds: map[string]*rbBuild{},
@@ -407,11 +409,15 @@ func startRealFarm(t testing.TB) *rbFarm {
 		}
 	})
 	f.facts = drvsource.NewFactsCache(creader, 1000)
-	f.owner = env.StartController(t, f.ns, "", farm.ControllerOptions{Strategy: planner.DerivationOrdered,
+	copts := farm.ControllerOptions{Strategy: planner.DerivationOrdered,
 		Facts: f.facts, Bucket: creader,
 		Log: funcr.New(func(prefix, args string) {
 			fmt.Fprintf(ctrlLog, "%s %s %s\n", time.Now().Format("15:04:05.000"), prefix, args)
-		}, funcr.Options{})}).Availability
+		}, funcr.Options{})}
+	for _, fn := range tweak {
+		fn(f, &copts)
+	}
+	f.owner = env.StartController(t, f.ns, "", copts).Availability
 
 	f.kc = env.Kubeconfig(t)
 	f.plugin = pluginBinary(t)

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/guixfarm/guix-farm/internal/bucket"
+	"github.com/guixfarm/guix-farm/internal/publishing"
+)
+
+// publisherFlags configure the publisher service the controller serves (docs/security.md): the
+// only holder of the bucket's write credentials and the narinfo signing keys; agents upload
+// through presigned URLs it hands out for the attempts they hold.
+type publisherFlags struct {
+	addr, keyFiles, compression string
+	audiences, serviceAccounts  string
+	expiry                      time.Duration
+	reread                      bool
+	parallel                    int
+}
+
+func (p *publisherFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&p.addr, "publisher-bind-address", "", "serve the publisher service here (e.g. :8082); needs the bucket (write credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY) and --signing-keys; empty: off")
+	fs.StringVar(&p.keyFiles, "signing-keys", "", "comma-separated narinfo signing key files (Guix signing-key.sec, Nix secret key, as `guix-farm-controller keygen` writes them), for the publisher service")
+	fs.StringVar(&p.compression, "compression", "zstd", "compression of the nars agents upload through the publisher service: zstd, gzip, lzip, xz or none")
+	fs.DurationVar(&p.expiry, "publisher-url-expiry", publishing.DefaultExpiry, "lifetime of the presigned upload URLs the publisher hands out")
+	fs.BoolVar(&p.reread, "publisher-reread", true, "read every uploaded nar back and check its NarHash and NarSize before its narinfo is written (false: only that the object exists with the uploaded size)")
+	fs.IntVar(&p.parallel, "publisher-parallel", bucket.DefaultClosureParallelism, "items a commit verifies at once (small ones: 4 times as many)")
+	fs.StringVar(&p.audiences, "publisher-token-audience", "", "comma-separated audiences the agents' tokens must be meant for (the chart projects a token for guix-farm-publisher); empty: the apiserver's")
+	fs.StringVar(&p.serviceAccounts, "publisher-agent-service-accounts", "", "comma-separated ServiceAccount names agents run as; empty: any ServiceAccount whose token is bound to a pod")
+}
+
+// check refuses a publisher without what it needs, at start.
+func (p *publisherFlags) check(bcfg bucket.Config) error {
+	if p.addr == "" {
+		return nil
+	}
+	if bcfg.Bucket == "" {
+		return errors.New("--publisher-bind-address needs the bucket: give --bucket-endpoint and --bucket")
+	}
+	if p.keyFiles == "" {
+		return errors.New("--publisher-bind-address needs --signing-keys: the publisher signs the narinfos")
+	}
+	return nil
+}
+
+// options are the publisher service's (controllers.Setup fills in what comes from the manager),
+// with its TokenReviews made by c.
+func (p *publisherFlags) options(c client.Client, bcfg bucket.Config, log logr.Logger) (*publishing.Options, error) {
+	bcfg.AllowUnsigned = false
+	bcfg.KeyFiles = splitList(p.keyFiles)
+	bcfg.Compression = p.compression
+	bcfg.Log = log.WithName("bucket")
+	pub, err := bucket.NewPublisher(bcfg)
+	if err != nil {
+		return nil, fmt.Errorf("publisher (--bucket-endpoint, --bucket, --signing-keys, --compression): %w", err)
+	}
+	return &publishing.Options{
+		Publisher: pub,
+		Auth: &publishing.TokenReviewer{Client: c, Audiences: splitList(p.audiences),
+			ServiceAccounts: splitList(p.serviceAccounts)},
+		Expiry: p.expiry, Reread: p.reread, Parallel: p.parallel, Log: log,
+	}, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
