@@ -27,8 +27,11 @@ type Client struct {
 	TokenFile string
 	// HTTP is the client (default: one without a timeout; requests are bounded by their context).
 	HTTP *http.Client
-	// Retries of a request that failed in transit or answered 503 (default 4 tries).
-	Tries int
+	// RetryFor bounds how long a request that failed in transit, or found the service
+	// unavailable (503: the apiserver or the bucket unreachable from the controller), is tried
+	// again, with a backoff up to 5 s (default 10 minutes): an outage holds the attempt's
+	// publication, it does not fail it. Negative: one try.
+	RetryFor time.Duration
 }
 
 func (c *Client) http() *http.Client {
@@ -59,16 +62,17 @@ func (c *Client) do(ctx context.Context, path string, in, out any) error {
 	if err != nil {
 		return err
 	}
-	tries := c.Tries
-	if tries <= 0 {
-		tries = 4
+	retryFor := c.RetryFor
+	if retryFor == 0 {
+		retryFor = 10 * time.Minute
 	}
+	deadline := time.Now().Add(retryFor)
 	delay := 250 * time.Millisecond
-	for try := 1; ; try++ {
+	for {
 		err = c.once(ctx, path, body, out)
 		var e *Error
 		retry := err != nil && ctx.Err() == nil && (!errors.As(err, &e) || e.Status == http.StatusServiceUnavailable || e.Status == http.StatusBadGateway)
-		if !retry || try >= tries {
+		if !retry || time.Now().Add(delay).After(deadline) {
 			return err
 		}
 		select {
@@ -76,7 +80,7 @@ func (c *Client) do(ctx context.Context, path string, in, out any) error {
 			return err
 		case <-time.After(delay):
 		}
-		delay *= 2
+		delay = min(2*delay, 5*time.Second)
 	}
 }
 
@@ -157,10 +161,10 @@ func (c *Client) CommitLog(ctx context.Context, req LogRequest) error {
 	return c.do(ctx, PathLogCommit, req, nil)
 }
 
-// Probe says who the service takes this agent for.
+// Probe says who the service takes this agent for (one try: a health check must not wait).
 func (c *Client) Probe(ctx context.Context) (*ProbeResponse, error) {
 	var out ProbeResponse
-	if err := c.do(ctx, PathProbe, struct{}{}, &out); err != nil {
+	if err := c.once(ctx, PathProbe, []byte("{}"), &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/events"
@@ -209,6 +210,20 @@ func (s *Server) owned(ctx context.Context, id Identity, ref AttemptRef, allowCa
 		}
 		return nil, refuse(ReasonNotOwner, "agent %s does not hold attempt %d of build %s/%s (phase %s, attempt %d on %s)",
 			id.Agent, ref.Attempt, ref.Namespace, ref.Name, b.Status.Phase, b.Status.AttemptCount, holder)
+	}
+	// The attempt's owner token: it was claimed in a term of the agent's Lease, which ends when
+	// the Lease is deleted (the agent declared lost); an agent back from a pause makes a new one.
+	if term := b.Status.Attempt.LeaseUID; term != "" {
+		l := &coordinationv1.Lease{}
+		err := s.o.Builds.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: id.Agent}, l)
+		switch {
+		case apierrors.IsNotFound(err):
+			return nil, refuse(ReasonNotOwner, "agent %s has no Lease: the term attempt %d of build %s/%s was claimed in has ended", id.Agent, ref.Attempt, ref.Namespace, ref.Name)
+		case err != nil:
+			return nil, refuse(ReasonUnavailable, "reading the Lease of agent %s: %v", id.Agent, err)
+		case string(l.UID) != term:
+			return nil, refuse(ReasonNotOwner, "attempt %d of build %s/%s was claimed in an earlier Lease term of agent %s", ref.Attempt, ref.Namespace, ref.Name, id.Agent)
+		}
 	}
 	return b, nil
 }

@@ -173,6 +173,25 @@ func TestPublishThroughTheController(t *testing.T) {
 		if _, err := f.minio.Client.StatObject(ctx, rbBucket, up.Items[0].NarKey, minio.StatObjectOptions{}); err == nil {
 			t.Errorf("the forged nar %s is still in the bucket", up.Items[0].NarKey)
 		}
+		// The forger is declared lost (its Lease deleted) and comes back with a new Lease: the
+		// attempt it still names is of the earlier term, no longer its own.
+		l := &coordinationv1.Lease{}
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: f.ns, Name: "forger"}, l); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Client.Delete(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "forger", Namespace: f.ns}}
+		agentlease.Apply(l, agentlease.Info{Name: "forger", Systems: []string{"nothing-this-farm-builds"}, Slots: 1}, time.Now(), time.Hour)
+		if err := env.Client.Create(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := forger.Uploads(ctx, publishing.UploadsRequest{Attempt: ref, Items: []publishing.Item{item}}); !errors.Is(err, publishing.ErrNotOwner) {
+			t.Errorf("uploads for an attempt of an earlier Lease term: %v; want NotOwner", err)
+		} else {
+			t.Logf("earlier term refused: %v", err)
+		}
 		waitFor(t, 10*time.Second, "an UploadRejected Event on the Build", func() (bool, string) {
 			var list eventsv1.EventList
 			if err := env.Client.List(ctx, &list, client.InNamespace(f.ns)); err != nil {
@@ -208,7 +227,7 @@ func holdAttempt(t *testing.T, ns string, b *farmv1.Build, agent string) {
 		b.Status.Phase = farmv1.BuildRunning
 		b.Status.AttemptCount = 1
 		b.Status.Allocation = &farmv1.Allocation{Agent: agent, PlannedAt: metav1.Now()}
-		b.Status.Attempt = &farmv1.Attempt{Agent: agent, Started: metav1.Now()}
+		b.Status.Attempt = &farmv1.Attempt{Agent: agent, Started: metav1.Now(), LeaseUID: string(l.UID)}
 		return env.Client.Status().Update(ctx, b)
 	})
 	if err != nil {
