@@ -4,7 +4,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -12,13 +15,15 @@ import (
 
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/publishing"
+	"github.com/guixfarm/guix-farm/internal/signing"
 )
 
 // publisherFlags configure the publisher service the controller serves (docs/security.md): the
 // only holder of the bucket's write credentials and the narinfo signing keys; agents upload
 // through presigned URLs it hands out for the attempts they hold.
 type publisherFlags struct {
-	addr, keyFiles, compression string
+	addr, keyFiles, keyDir      string
+	compression                 string
 	audiences, serviceAccounts  string
 	expiry                      time.Duration
 	reread                      bool
@@ -28,6 +33,7 @@ type publisherFlags struct {
 func (p *publisherFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&p.addr, "publisher-bind-address", "", "serve the publisher service here (e.g. :8082); needs the bucket (write credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY) and --signing-keys; empty: off")
 	fs.StringVar(&p.keyFiles, "signing-keys", "", "comma-separated narinfo signing key files (Guix signing-key.sec, Nix secret key, as `guix-farm-controller keygen` writes them), for the publisher service")
+	fs.StringVar(&p.keyDir, "signing-keys-dir", "", "a directory holding the signing keys as the entries of the farm's signing Secret (a mounted Secret: nix-secret-key, guix-signing-key.sec, signing-host; docs/signing.md), instead of --signing-keys")
 	fs.StringVar(&p.compression, "compression", "zstd", "compression of the nars agents upload through the publisher service: zstd, gzip, lzip, xz or none")
 	fs.DurationVar(&p.expiry, "publisher-url-expiry", publishing.DefaultExpiry, "lifetime of the presigned upload URLs the publisher hands out")
 	fs.BoolVar(&p.reread, "publisher-reread", true, "read every uploaded nar back and check its NarHash and NarSize before its narinfo is written (false: only that the object exists with the uploaded size)")
@@ -44,17 +50,52 @@ func (p *publisherFlags) check(bcfg bucket.Config) error {
 	if bcfg.Bucket == "" {
 		return errors.New("--publisher-bind-address needs the bucket: give --bucket-endpoint and --bucket")
 	}
-	if p.keyFiles == "" {
-		return errors.New("--publisher-bind-address needs --signing-keys: the publisher signs the narinfos")
+	if (p.keyFiles == "") == (p.keyDir == "") {
+		return errors.New("--publisher-bind-address needs --signing-keys or --signing-keys-dir (one of them): the publisher signs the narinfos")
 	}
 	return nil
+}
+
+// keys loads the signing keys from --signing-keys-dir (a mounted Secret), if given.
+func (p *publisherFlags) keys() (signing.Keys, error) {
+	if p.keyDir == "" {
+		return signing.Keys{}, nil
+	}
+	ents, err := os.ReadDir(p.keyDir)
+	if err != nil {
+		return signing.Keys{}, fmt.Errorf("--signing-keys-dir: %w", err)
+	}
+	data := map[string][]byte{}
+	for _, e := range ents {
+		// A mounted Secret's entries are symbolic links into its ..data directory.
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(p.keyDir, e.Name()))
+		if err != nil {
+			if errors.Is(err, syscall.EISDIR) {
+				continue
+			}
+			return signing.Keys{}, fmt.Errorf("--signing-keys-dir: %w", err)
+		}
+		data[e.Name()] = b
+	}
+	k, err := signing.KeysFromSecretData(data)
+	if err != nil {
+		return signing.Keys{}, fmt.Errorf("--signing-keys-dir %s: %w", p.keyDir, err)
+	}
+	return k, nil
 }
 
 // options are the publisher service's (controllers.Setup fills in what comes from the manager),
 // with its TokenReviews made by c.
 func (p *publisherFlags) options(c client.Client, bcfg bucket.Config, log logr.Logger) (*publishing.Options, error) {
+	var err error
 	bcfg.AllowUnsigned = false
 	bcfg.KeyFiles = splitList(p.keyFiles)
+	if bcfg.Keys, err = p.keys(); err != nil {
+		return nil, err
+	}
 	bcfg.Compression = p.compression
 	bcfg.Log = log.WithName("bucket")
 	pub, err := bucket.NewPublisher(bcfg)
