@@ -57,7 +57,7 @@ bench ./internal/daemon '^(BenchmarkDaemonNarExport1GiB|BenchmarkNixStoreDump1Gi
 # The agent's overhead is tens of ms per op: 5 ops. The 1,000-item publication and the sample
 # DAG (both ways) are seconds each: one.
 bench ./agent/daemonbuilder '^BenchmarkAgentOverhead$' 5x 20m
-bench ./agent/daemonbuilder '^(BenchmarkAgentPublish1000Small|BenchmarkSampleDAG)$' 1x 20m
+bench ./agent/daemonbuilder '^(BenchmarkAgentPublish1000Small|BenchmarkAgentPublish1000SmallRemote|BenchmarkSampleDAG)$' 1x 20m
 
 go run ./hack/benchfmt < "$RAW" || exit 2
 if [ ${#failed[@]} -gt 0 ]; then

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -170,12 +171,27 @@ func (p *RemotePublisher) upload(ctx context.Context, ref publishing.AttemptRef,
 	if err != nil {
 		return 0, "", err
 	}
-	sp := &spool{dir: p.SpoolDir}
-	defer sp.close()
-	fileHash, err := p.compressNar(ctx, it, kind, want, sp)
-	if err != nil {
-		return 0, "", err
+	var sp *spool
+	var fileHash string
+	for try := 0; ; try++ {
+		sp = &spool{dir: p.SpoolDir}
+		fileHash, err = p.compressNar(ctx, it, kind, want, sp)
+		if err == nil {
+			break
+		}
+		sp.close()
+		// A daemon slow to accept (its listen queue full: it forks a worker per connection)
+		// refuses a connection for the moment; the nar is read again from the start.
+		if !errors.Is(err, syscall.EAGAIN) || try >= 5 || ctx.Err() != nil {
+			return 0, "", err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, "", ctx.Err()
+		case <-time.After(time.Duration(100<<try) * time.Millisecond):
+		}
 	}
+	defer sp.close()
 	for try := 0; ; try++ {
 		r, err := sp.reader()
 		if err != nil {

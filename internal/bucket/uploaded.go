@@ -72,12 +72,26 @@ func (p *Publisher) verifyUploaded(ctx context.Context, item StoreItem, narHash 
 	invalid := func(format string, args ...any) error {
 		return permanent(&InvalidUploadError{StorePath: item.StorePath, Key: key, Reason: fmt.Sprintf(format, args...)})
 	}
-	st, err := p.c.StatObject(ctx, p.cfg.Bucket, key, minio.StatObjectOptions{})
+	// With Reread the GET's answer says what a HEAD would (one request per nar, not two).
+	var obj *minio.Object
+	var st minio.ObjectInfo
+	if u.Reread {
+		if obj, err = p.c.GetObject(ctx, p.cfg.Bucket, key, minio.GetObjectOptions{}); err == nil {
+			if st, err = obj.Stat(); err != nil {
+				obj.Close()
+			}
+		}
+	} else {
+		st, err = p.c.StatObject(ctx, p.cfg.Bucket, key, minio.StatObjectOptions{})
+	}
 	if isNotFound(err) {
 		return uploaded{}, invalid("is not in bucket %s (was it uploaded?)", p.cfg.Bucket)
 	}
 	if err != nil {
 		return uploaded{}, explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
+	}
+	if obj != nil {
+		defer obj.Close()
 	}
 	if u.FileSize != 0 && st.Size != u.FileSize {
 		// Uploaded nars are write-once: a wrong size is a wrong object, which no correct
@@ -93,11 +107,6 @@ func (p *Publisher) verifyUploaded(ctx context.Context, item StoreItem, narHash 
 		}
 		return uploaded{fileHash: u.FileHash, fileSize: st.Size, narSize: int64(narSize), etag: st.ETag}, nil
 	}
-	obj, err := p.c.GetObject(ctx, p.cfg.Bucket, key, minio.GetObjectOptions{})
-	if err != nil {
-		return uploaded{}, explain(err, p.cfg.Endpoint, p.cfg.Bucket, key)
-	}
-	defer obj.Close()
 	fileHasher, narHasher := nar.NewHashingWriter(), nar.NewHashingWriter()
 	src := io.TeeReader(obj, fileHasher)
 	zr, err := compress.NewReader(src, kind)
