@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -159,6 +160,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 			}
 			o.Metrics.OutputsLost.WithLabelValues(source).Inc()
 		},
+		OnUntrusted: untrustedOutput(ctx, mgr),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("setting up the availability owner: %w", err)
@@ -241,6 +243,23 @@ func unfinishedBuilds(c client.Reader) func(ctx context.Context) ([]planner.Buil
 			}
 		}
 		return keys, nil
+	}
+}
+
+// untrustedOutput tells of an output whose narinfo in the bucket is not trusted (no trusted key
+// signed it): the availability owner counted it absent and logged it; a Warning Event on each
+// Build of the derivation says so where users look.
+func untrustedOutput(ctx context.Context, mgr ctrl.Manager) func(drv, path string, err error) {
+	rec := mgr.GetEventRecorder("guix-farm")
+	return func(drv, path string, err error) {
+		var l farmv1.BuildList
+		if mgr.GetClient().List(ctx, &l, client.MatchingFields{index.BuildDerivation: drv}) != nil {
+			return
+		}
+		for i := range l.Items {
+			rec.Eventf(&l.Items[i], nil, corev1.EventTypeWarning, "UntrustedOutput", "CheckOutputs",
+				"output %s counted absent: its narinfo in the bucket is not trusted: %v", path, err)
+		}
 	}
 }
 

@@ -106,8 +106,14 @@ func run() error {
 	if bcfg.Bucket != "" {
 		bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
 		bcfg.StoreDir, bcfg.AllowUnsigned, bcfg.Log = storeDir, true, log.WithName("bucket")
-		var err error
-		if reader, err = bucket.NewReader(bcfg, bucket.ReaderOptions{}); err != nil {
+		trusted, err := pf.trustedKeys()
+		if err != nil {
+			return err
+		}
+		if len(trusted) == 0 {
+			log.Info("Narinfos read from the bucket are not verified: give --trusted-public-keys (or --signing-keys) to count only outputs and .drv files the farm's keys signed")
+		}
+		if reader, err = bucket.NewReader(bcfg, bucket.ReaderOptions{TrustedNixKeys: trusted}); err != nil {
 			return fmt.Errorf("--bucket-endpoint/--bucket: %w", err)
 		}
 		o.Bucket = reader

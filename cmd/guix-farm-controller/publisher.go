@@ -23,7 +23,7 @@ import (
 // through presigned URLs it hands out for the attempts they hold.
 type publisherFlags struct {
 	addr, keyFiles, keyDir      string
-	compression                 string
+	compression, trusted        string
 	audiences, serviceAccounts  string
 	expiry                      time.Duration
 	reread                      bool
@@ -34,6 +34,7 @@ func (p *publisherFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&p.addr, "publisher-bind-address", "", "serve the publisher service here (e.g. :8082); needs the bucket (write credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY) and --signing-keys; empty: off")
 	fs.StringVar(&p.keyFiles, "signing-keys", "", "comma-separated narinfo signing key files (Guix signing-key.sec, Nix secret key, as `guix-farm-controller keygen` writes them), for the publisher service")
 	fs.StringVar(&p.keyDir, "signing-keys-dir", "", "a directory holding the signing keys as the entries of the farm's signing Secret (a mounted Secret: nix-secret-key, guix-signing-key.sec, signing-host; docs/signing.md), instead of --signing-keys")
+	fs.StringVar(&p.trusted, "trusted-public-keys", "", "comma-separated Nix public keys (name:base64) whose signatures make a narinfo read from the bucket trusted, besides those of the signing keys (e.g. the previous key during a rotation); an output or .drv whose narinfo none of them signed counts as absent")
 	fs.StringVar(&p.compression, "compression", "zstd", "compression of the nars agents upload through the publisher service: zstd, gzip, lzip, xz or none")
 	fs.DurationVar(&p.expiry, "publisher-url-expiry", publishing.DefaultExpiry, "lifetime of the presigned upload URLs the publisher hands out")
 	fs.BoolVar(&p.reread, "publisher-reread", true, "read every uploaded nar back and check its NarHash and NarSize before its narinfo is written (false: only that the object exists with the uploaded size)")
@@ -54,6 +55,33 @@ func (p *publisherFlags) check(bcfg bucket.Config) error {
 		return errors.New("--publisher-bind-address needs --signing-keys or --signing-keys-dir (one of them): the publisher signs the narinfos")
 	}
 	return nil
+}
+
+// trustedKeys are the Nix public keys narinfos read from the bucket must be signed by: those of
+// --trusted-public-keys and of the signing keys (--signing-keys, --signing-keys-dir). None: reads
+// are not verified.
+func (p *publisherFlags) trustedKeys() ([]signing.NixPublicKey, error) {
+	var out []signing.NixPublicKey
+	for _, k := range splitList(p.trusted) {
+		pk, err := signing.ParseNixPublicKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("--trusted-public-keys: %w", err)
+		}
+		out = append(out, pk)
+	}
+	keys, err := p.keys()
+	if err != nil {
+		return nil, err
+	}
+	if files := splitList(p.keyFiles); len(files) > 0 {
+		if keys, err = signing.LoadKeysFromFiles(files...); err != nil {
+			return nil, fmt.Errorf("--signing-keys: %w", err)
+		}
+	}
+	for _, k := range keys.Nix {
+		out = append(out, k.Public())
+	}
+	return out, nil
 }
 
 // keys loads the signing keys from --signing-keys-dir (a mounted Secret), if given.

@@ -118,6 +118,8 @@ type Publisher struct {
 	dir  storepath.Dir
 	log  logr.Logger
 	keys signing.Keys
+	// trusted verify narinfos found in the bucket (untrusted).
+	trusted []signing.NixPublicKey
 
 	// smallParts recycles the buffer most objects fit in whole (small
 	// store items, logs); firstParts the one that decides between one PUT
@@ -155,7 +157,17 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Publisher{cfg: cfg, c: c, dir: storepath.Dir(cfg.StoreDir), log: cfg.Log, keys: keys}, nil
+	trusted := slices.Clone(cfg.TrustedNixKeys)
+	for _, k := range keys.Nix {
+		trusted = append(trusted, k.Public())
+	}
+	return &Publisher{cfg: cfg, c: c, dir: storepath.Dir(cfg.StoreDir), log: cfg.Log, keys: keys, trusted: trusted}, nil
+}
+
+// untrusted says whether a narinfo found in the bucket lacks a signature of the farm's Nix keys
+// (those it signs with, and Config.TrustedNixKeys). Without Nix keys nothing is judged.
+func (p *Publisher) untrusted(ni *narinfo.NarInfo) bool {
+	return len(p.trusted) > 0 && ni.Verify(p.trusted, nil) != nil
 }
 
 // Client is the underlying S3 client.
@@ -299,13 +311,20 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) 
 		if err != nil {
 			return res, err
 		}
-		if ok {
+		if ok && !p.untrusted(existing) {
 			log.V(1).Info("already published", "narinfo", res.NarInfoKey)
 			return present, nil
 		}
-		// GC, a hand deletion or a lost bucket left the narinfo pointing at
-		// nothing; clients fail on it until the nar is back.
-		log.Info("the published narinfo's nar is missing: uploading it again", "narinfo", res.NarInfoKey, "nar", existing.URL)
+		if ok {
+			// Same NarHash, but no key of the farm signed it: clients that trust the farm refuse
+			// it, and so does the controller. The nar is checked like a new one and the narinfo
+			// signed again in place.
+			log.Info("the published narinfo is not signed by the farm's keys: signing it again", "narinfo", res.NarInfoKey)
+		} else {
+			// GC, a hand deletion or a lost bucket left the narinfo pointing at
+			// nothing; clients fail on it until the nar is back.
+			log.Info("the published narinfo's nar is missing: uploading it again", "narinfo", res.NarInfoKey, "nar", existing.URL)
+		}
 		replace, res.Repaired = existingETag, true
 	}
 	if !o.refsChecked {

@@ -208,7 +208,7 @@ func (p *Publisher) State(ctx context.Context, storePath, narHash string) (ItemS
 		if err != nil {
 			return st, err
 		}
-		if ok {
+		if ok && !p.untrusted(existing) {
 			st.Published = true
 			return st, nil
 		}

@@ -195,3 +195,43 @@ func TestPresignedAttemptLog(t *testing.T) {
 		t.Errorf("latest log after an earlier attempt's: %q", got)
 	}
 }
+
+// TestUntrustedNarInfoSignedAgain: a narinfo in the bucket that none of the farm's keys signed
+// is no published item: publishing the item (same NarHash) signs it again in place; the State of
+// such an item is not Published.
+func TestUntrustedNarInfoSignedAgain(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	sk, _ := otherKey(t)
+	cfg := e.cfg
+	k, err := signing.ParseNixSecretKey(sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Keys = signing.Keys{Nix: []signing.NixSecretKey{k}}
+	stranger, err := NewPublisher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := file(t, "signed by a stranger\n")
+	if _, err := stranger.Publish(ctx, DiskItem(helloPath, dir)); err != nil {
+		t.Fatal(err)
+	}
+	data := dumpBytes(t, dir)
+	h, _, _ := nar.Hash(bytes.NewReader(data))
+	if st, err := e.pub.State(ctx, helloPath, h); err != nil || st.Published || !st.NarPresent {
+		t.Errorf("state of an item whose narinfo a stranger signed: %+v, %v; want not published, nar present", st, err)
+	}
+	res, err := e.pub.Publish(ctx, DiskItem(helloPath, dir))
+	if err != nil || !res.Repaired || res.AlreadyPresent {
+		t.Fatalf("publish over a stranger's narinfo: %+v, %v; want Repaired", res, err)
+	}
+	pk, _ := signing.ParseNixPublicKey(testPublicKey)
+	r, _ := NewReader(Config{Endpoint: e.m.URL, Bucket: e.bucket}, ReaderOptions{TrustedNixKeys: []signing.NixPublicKey{pk}})
+	if _, err := r.NarInfo(ctx, helloPath); err != nil {
+		t.Errorf("the narinfo after publishing again: %v", err)
+	}
+	if res, err := e.pub.Publish(ctx, DiskItem(helloPath, dir)); err != nil || !res.AlreadyPresent {
+		t.Errorf("publishing once more: %+v, %v; want AlreadyPresent", res, err)
+	}
+}

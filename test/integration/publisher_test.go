@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -22,8 +23,10 @@ import (
 	"github.com/guixfarm/guix-farm/internal/agentlease"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/compress"
+	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/nar"
 	"github.com/guixfarm/guix-farm/internal/publishing"
+	"github.com/guixfarm/guix-farm/internal/signing"
 	"github.com/guixfarm/guix-farm/test/farm"
 	"github.com/guixfarm/guix-farm/test/testbed"
 )
@@ -34,6 +37,8 @@ const publisherAudience = "guix-farm-publisher"
 // withPublisher makes the controller serve the publisher service (the farm's signing keys, the
 // bucket's admin credentials) on a free port, authenticating agents by TokenReviews of their
 // pod-bound tokens.
+// The controller also verifies what it reads from the bucket, as the binary does with signing
+// keys: narinfos against the farm's public key, .drv files against their store paths.
 func withPublisher(t testing.TB) func(f *rbFarm, o *farm.ControllerOptions) {
 	return func(f *rbFarm, o *farm.ControllerOptions) {
 		o.Publisher = &publishing.Options{Publisher: f.pub, Reread: true,
@@ -41,6 +46,18 @@ func withPublisher(t testing.TB) func(f *rbFarm, o *farm.ControllerOptions) {
 				ServiceAccounts: []string{farm.AgentServiceAccount}}}
 		o.PublisherAddr = fmt.Sprintf("127.0.0.1:%d", testbed.FreePort(t))
 		f.publisherURL = "http://" + o.PublisherAddr
+		pk, err := signing.ParseNixPublicKey(f.nixPub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := f.cfg
+		cfg.AllowUnsigned = true
+		verifying, err := bucket.NewReader(cfg, bucket.ReaderOptions{TrustedNixKeys: []signing.NixPublicKey{pk}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.facts = drvsource.NewFactsCache(verifying, 1000)
+		o.Facts, o.Bucket = f.facts, verifying
 	}
 }
 
@@ -206,6 +223,59 @@ func TestPublishThroughTheController(t *testing.T) {
 			}
 			return false, strings.Join(evs, ", ")
 		})
+	})
+	t.Run("an output whose narinfo the farm did not sign is not available, and is built", func(t *testing.T) {
+		// late0 built elsewhere and published under another key: its narinfo and nar are in the
+		// bucket, but the controller (trusting the farm's key only) counts it absent.
+		rb := f.builds["late0"]
+		f.publishOutputs(t, rb.drv) // its .drv, signed by the farm (a submission)
+		f.submit.MustRun(t, "nix-store", "--realise", rb.drv)
+		other, err := signing.GenerateNixKey(rand.Reader, "not-the-farm-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := f.cfg
+		cfg.Keys = signing.Keys{Nix: []signing.NixSecretKey{other}}
+		stranger, err := bucket.NewPublisher(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outPath := rb.outs["out"]
+		if _, err := stranger.Publish(ctx, bucket.DiskItem(outPath, f.submit.HostPath(outPath))); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := f.owner.CheckFresh(ctx, rb.drv); ok || err != nil {
+			t.Errorf("availability of an output only a stranger signed: %v, %v; want absent", ok, err)
+		}
+		// A Build that would be skipped if its outputs were available is built, and its
+		// output's narinfo ends signed by the farm (the publisher signs it again in place).
+		b := farm.MakeBuild("late0-skip", f.ns, rb.drv).Obj()
+		b.Spec.SkipIfOutputsAvailable = true
+		if err := env.Client.Create(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		rb.name = b.Name
+		waitFor(t, 10*time.Second, "an UntrustedOutput Event on the Build", func() (bool, string) {
+			var list eventsv1.EventList
+			if err := env.Client.List(ctx, &list, client.InNamespace(f.ns)); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range list.Items {
+				if e.Regarding.Name == b.Name && e.Reason == "UntrustedOutput" {
+					t.Logf("Event: %s", e.Note)
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("%d Events", len(list.Items))
+		})
+		f.waitSucceeded(t, 2*time.Minute, "late0")
+		if got := f.byAttr(t, "late0"); got.Status.AttemptCount != 1 {
+			t.Errorf("late0: %s; want built in one attempt, not skipped", rbState(got))
+		}
+		f.checkOutputs(t, "late0") // the narinfo verifies with the farm's key now
+		if ok, err := f.owner.CheckFresh(ctx, rb.drv); !ok || err != nil {
+			t.Errorf("availability once the farm signed it: %v, %v", ok, err)
+		}
 	})
 	t.Logf("TestPublishThroughTheController ran %s", time.Since(start).Round(100*time.Millisecond))
 }
