@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -80,15 +81,27 @@ func (p *RemotePublisher) Publish(ctx context.Context, a Attempt, items []Item, 
 	return out, nil
 }
 
-// remoteError gives the service's refusals the meaning the build step gives a publisher's errors.
+// remoteError gives the service's refusals the meaning the build step gives a publisher's errors:
+// a service (or bucket) that cannot be reached, after the client's own retries, is ErrUnavailable,
+// and the builder holds the attempt (Config.PublishHold) before handing it back.
 func remoteError(err error) error {
+	var e *publishing.Error
+	var pe *publishing.PutError
 	switch {
 	case errors.Is(err, publishing.ErrNotOwner):
 		return fmt.Errorf("%w: %w", errOwnership, err)
 	case errors.Is(err, publishing.ErrNotReproducible):
 		return errors.Join(ErrNotReproducible, err)
+	case errors.Is(err, publishing.ErrUnavailable), errors.As(err, &pe) && pe.Status >= 500,
+		!errors.As(err, &e) && !errors.As(err, &pe) && !errors.Is(err, context.Canceled) && isNetErr(err):
+		return errors.Join(ErrUnavailable, err)
 	}
 	return err
+}
+
+func isNetErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // uploadAll uploads the nars resp asks for, each key once, small items 4 times as many at once,

@@ -120,7 +120,9 @@ func run() error {
 			if os.Getenv("AWS_SECRET_ACCESS_KEY") != "" {
 				log.Info("$AWS_SECRET_ACCESS_KEY is set but not used: with --publisher-url the agent needs no bucket credentials; remove it from the agent's environment")
 			}
-			c := &publishing.Client{URL: publisherURL, TokenFile: tokenFile}
+			// The client rides out short outages itself; longer ones the builder holds
+			// (--publish-hold), as it does for the bucket.
+			c := &publishing.Client{URL: publisherURL, TokenFile: tokenFile, RetryFor: 30 * time.Second}
 			rp := &daemonbuilder.RemotePublisher{C: c}
 			pub, prober, logs = rp, rp, &daemonbuilder.RemoteLogs{C: c}
 		} else {
