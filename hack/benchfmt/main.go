@@ -98,6 +98,8 @@ var table = []figure{
 		unit: "items/s", scale: 1, base: agentDirectSmall},
 	{name: "publish.small.remote-size-only", pkg: builderPkg, bench: "BenchmarkAgentPublish1000SmallRemote/size", metric: "items/s",
 		unit: "items/s", scale: 1, base: agentDirectSmall},
+	{name: "publish.verify", pkg: bucketPkg, bench: "BenchmarkVerifyUploaded128MiB/reread", metric: "MB/s", unit: "MB/s", scale: 1,
+		base: baseline{label: "BenchmarkPublishClosure1GiB (upload)", bench: "BenchmarkPublishClosure1GiB", metric: "MB/s"}},
 	{name: "publish.small.remote.commit", pkg: builderPkg, bench: "BenchmarkAgentPublish1000SmallRemote/reread", metric: "commit-ms",
 		unit: "ms", scale: 1, base: baseline{label: "the whole publication", bench: "BenchmarkAgentPublish1000SmallRemote/reread", metric: "ms/op"}},
 	{name: "daemon.nar-export", pkg: daemonPkg, bench: "BenchmarkDaemonNarExport1GiB", metric: "MiB/s", unit: "MiB/s", scale: 1,
