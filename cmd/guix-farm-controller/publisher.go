@@ -22,12 +22,12 @@ import (
 // only holder of the bucket's write credentials and the narinfo signing keys; agents upload
 // through presigned URLs it hands out for the attempts they hold.
 type publisherFlags struct {
-	addr, keyFiles, keyDir      string
-	compression, trusted        string
-	audiences, serviceAccounts  string
-	expiry                      time.Duration
-	reread                      bool
-	parallel                    int
+	addr, keyFiles, keyDir     string
+	compression, trusted       string
+	audiences, serviceAccounts string
+	expiry                     time.Duration
+	reread                     bool
+	parallel                   int
 }
 
 func (p *publisherFlags) bind(fs *flag.FlagSet) {
