@@ -488,7 +488,7 @@ func (a *Agent) execute(ctx, parent context.Context, b *farmv1.Build, run *infli
 // request is what the step learns of b.
 func (a *Agent) request(b *farmv1.Build, run *inflight, log *attemptLog) buildstep.Request {
 	req := buildstep.Request{
-		Build: klogRef(b), Derivation: b.Spec.Derivation, System: b.Status.System, Attempt: b.Status.AttemptCount,
+		Build: klogRef(b), BuildUID: string(b.UID), Derivation: b.Spec.Derivation, System: b.Status.System, Attempt: b.Status.AttemptCount,
 		Agent: a.cfg.Name, Log: log,
 		Limits:     buildstep.Limits{Timeout: a.cfg.BuildTimeout, MaxSilent: a.cfg.MaxSilent, MaxLogBytes: a.cfg.MaxLogBytes},
 		StillOwned: func(ctx context.Context) error { return a.stillOwned(ctx, run) },

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,6 +25,7 @@ import (
 	"github.com/guixfarm/guix-farm/internal/index"
 	"github.com/guixfarm/guix-farm/internal/metrics"
 	"github.com/guixfarm/guix-farm/internal/planner"
+	"github.com/guixfarm/guix-farm/internal/publishing"
 )
 
 // LeaderElectionID names the Lease the controller's replicas elect a leader with. It is named
@@ -54,9 +56,14 @@ type Options struct {
 	// AgentNamespace, when set, is the only namespace whose agent Leases are accepted: with the
 	// controller watching every namespace, a Lease labelled as an agent elsewhere is ignored.
 	AgentNamespace string
-	Clock          clock.Clock
-	Metrics        *metrics.Metrics
-	Log            logr.Logger
+	// Publisher, when set, is the publisher service the manager serves at PublisherAddr
+	// (internal/publishing): its Builds (fresh reads), Cache, Outputs and Recorder are filled in
+	// here from the manager and Facts.
+	Publisher     *publishing.Options
+	PublisherAddr string
+	Clock         clock.Clock
+	Metrics       *metrics.Metrics
+	Log           logr.Logger
 }
 
 // Farm is what Setup wired: the planning loop (whose planner tests reach) and the availability
@@ -66,6 +73,8 @@ type Farm struct {
 	Availability *availability.Owner
 	// Loading holds the first plan until the model is loaded.
 	Loading *planning.Loading
+	// Publisher is the publisher service, when Options.Publisher was set.
+	Publisher *publishing.Server
 }
 
 // Ready is the controller's readiness: its caches have synced and the planner has planned over a
@@ -151,6 +160,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 			}
 			o.Metrics.OutputsLost.WithLabelValues(source).Inc()
 		},
+		OnUntrusted: untrustedOutput(ctx, mgr),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("setting up the availability owner: %w", err)
@@ -192,7 +202,30 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	})); err != nil {
 		return nil, fmt.Errorf("adding the availability owner: %w", err)
 	}
-	return &Farm{Loop: loop, Availability: owner, Loading: loading}, nil
+	farm := &Farm{Loop: loop, Availability: owner, Loading: loading}
+	if o.Publisher != nil {
+		po := *o.Publisher
+		po.Builds, po.Cache = mgr.GetAPIReader(), mgr.GetClient()
+		if po.Outputs == nil {
+			po.Outputs = outputPaths(o.Facts)
+		}
+		if po.Recorder == nil {
+			po.Recorder = mgr.GetEventRecorder("guix-farm-publisher")
+		}
+		if po.Log.GetSink() == nil {
+			po.Log = o.Log.WithName("publisher")
+		}
+		srv, err := publishing.NewServer(po)
+		if err != nil {
+			return nil, fmt.Errorf("setting up the publisher service: %w", err)
+		}
+		srv.Addr = o.PublisherAddr
+		if err := mgr.Add(srv); err != nil {
+			return nil, fmt.Errorf("adding the publisher service: %w", err)
+		}
+		farm.Publisher = srv
+	}
+	return farm, nil
 }
 
 // unfinishedBuilds lists the keys of the cached Builds that have not finished, reading the cache
@@ -210,6 +243,23 @@ func unfinishedBuilds(c client.Reader) func(ctx context.Context) ([]planner.Buil
 			}
 		}
 		return keys, nil
+	}
+}
+
+// untrustedOutput tells of an output whose narinfo in the bucket is not trusted (no trusted key
+// signed it): the availability owner counted it absent and logged it; a Warning Event on each
+// Build of the derivation says so where users look.
+func untrustedOutput(ctx context.Context, mgr ctrl.Manager) func(drv, path string, err error) {
+	rec := mgr.GetEventRecorder("guix-farm")
+	return func(drv, path string, err error) {
+		var l farmv1.BuildList
+		if mgr.GetClient().List(ctx, &l, client.MatchingFields{index.BuildDerivation: drv}) != nil {
+			return
+		}
+		for i := range l.Items {
+			rec.Eventf(&l.Items[i], nil, corev1.EventTypeWarning, "UntrustedOutput", "CheckOutputs",
+				"output %s counted absent: its narinfo in the bucket is not trusted: %v", path, err)
+		}
 	}
 }
 

@@ -52,12 +52,12 @@ bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild|Bench
 # to its first full plan on a 2-core machine today: issue 11).
 bench ./test/integration '^BenchmarkControllerRestart$' 1x 40m
 bench ./internal/availability '^BenchmarkOwnerMemory1M$' 1x 10m
-bench ./internal/bucket '^(BenchmarkPublishClosure1GiB|BenchmarkNixCopy1GiB|BenchmarkPlainUpload1GiB|BenchmarkPublishClosure1000Small|BenchmarkNixCopy1000Small)$' 1x 60m
+bench ./internal/bucket '^(BenchmarkPublishClosure1GiB|BenchmarkNixCopy1GiB|BenchmarkPlainUpload1GiB|BenchmarkPublishClosure1000Small|BenchmarkNixCopy1000Small|BenchmarkVerifyUploaded128MiB)$' 1x 60m
 bench ./internal/daemon '^(BenchmarkDaemonNarExport1GiB|BenchmarkNixStoreDump1GiB)$' 1x 20m
 # The agent's overhead is tens of ms per op: 5 ops. The 1,000-item publication and the sample
 # DAG (both ways) are seconds each: one.
 bench ./agent/daemonbuilder '^BenchmarkAgentOverhead$' 5x 20m
-bench ./agent/daemonbuilder '^(BenchmarkAgentPublish1000Small|BenchmarkSampleDAG)$' 1x 20m
+bench ./agent/daemonbuilder '^(BenchmarkAgentPublish1000Small|BenchmarkAgentPublish1000SmallRemote|BenchmarkSampleDAG)$' 1x 20m
 
 go run ./hack/benchfmt < "$RAW" || exit 2
 if [ ${#failed[@]} -gt 0 ]; then

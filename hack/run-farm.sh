@@ -148,6 +148,7 @@ MINIO_PORT=$(pick_port 9000)
 MINIO_CONSOLE_PORT=$(pick_port 9001)
 METRICS_PORT=$(pick_port 8080)
 PROBE_PORT=$(pick_port 8081)
+PUBLISHER_PORT=$(pick_port 8082)
 
 # --- etcd + kube-apiserver ---------------------------------------------------------------------------
 log "generating the apiserver's certificate, service-account keys and tokens"
@@ -208,6 +209,9 @@ $KUBECTL -n "$NS" create serviceaccount guix-farm-controller >/dev/null
 $KUBECTL -n "$NS" create rolebinding guix-farm-controller --clusterrole=guix-farm-controller \
   --serviceaccount="$NS:guix-farm-controller" >/dev/null
 $KUBECTL apply -f config/agent/agent.yaml >/dev/null
+# The controller's publisher service authenticates agents by TokenReviews.
+$KUBECTL create clusterrolebinding guix-farm-controller-auth-delegator --clusterrole=system:auth-delegator \
+  --serviceaccount="$NS:guix-farm-controller" >/dev/null
 # kubectl apply needs discovery of the new CRDs; the first apply can race with it.
 cat >"$RUN/agentpools.yaml" <<EOF
 apiVersion: build.guixfarm.io/v1alpha1
@@ -243,7 +247,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$MINIO_URL/$BUCKET/00000000000000
 code=$(curl -s -o /dev/null -w '%{http_code}' "$MINIO_URL/$BUCKET/nix-cache-info")
 [ "$code" = 200 ] || die "anonymous GET of nix-cache-info answered $code, want 200"
 
-# --- signing keys: the agents sign what they publish; clients trust the public keys ----------------------
+# --- signing keys: the controller's publisher signs what agents publish; clients trust the public keys ---
 bin/guix-farm-controller keygen --name guix-farm-run --out "$RUN/keys" >"$RUN/logs/keygen.log"
 NIX_PUB=$(cat "$RUN/keys/nix-public-key")
 SIGNING_KEYS="$RUN/keys/nix-secret-key,$RUN/keys/guix-signing-key.sec"
@@ -291,19 +295,40 @@ mapfile -t DRVS < <(in_nixd submit nix-instantiate "$ROOT/hack/sample-farm.nix" 
   --argstr seconds "${BUILD_DURATION%s}" -A hello -A report)
 log "instantiated ${#DRVS[@]} sample derivations in the submitter's store"
 
-# The controller reads .drv files and output availability from the bucket.
+# The controller reads .drv files and output availability from the bucket, and serves the publisher:
+# it alone holds the signing keys and the bucket's write credentials.
 start controller env AWS_ACCESS_KEY_ID="$MINIO_USER" AWS_SECRET_ACCESS_KEY="$MINIO_PASSWORD" \
   bin/guix-farm-controller --kubeconfig="$RUN/controller.kubeconfig" --namespace="$NS" \
   --strategy="$STRATEGY" --build-ttl=24h --bucket-endpoint="$MINIO_URL" --bucket="$BUCKET" \
+  --signing-keys="$SIGNING_KEYS" --publisher-bind-address="127.0.0.1:$PUBLISHER_PORT" \
+  --publisher-token-audience=guix-farm-publisher --publisher-agent-service-accounts=guix-farm-agent \
   --metrics-bind-address="127.0.0.1:$METRICS_PORT" --health-probe-bind-address="127.0.0.1:$PROBE_PORT"
 wait_for "controller /readyz" 60 curl -sf "http://127.0.0.1:$PROBE_PORT/readyz"
+wait_for "publisher /healthz" 30 curl -sf "http://127.0.0.1:$PUBLISHER_PORT/healthz"
 
+# An agent's identity for the publisher is its pod's: each agent gets a Pod object (never scheduled:
+# there is no kubelet) and a token bound to it, for the publisher's audience, as a projected volume
+# of an AgentPool pod holds. The agents get no key and no bucket credential.
 agent() { # index
-  start "agent-$1" env AWS_ACCESS_KEY_ID="$MINIO_USER" AWS_SECRET_ACCESS_KEY="$MINIO_PASSWORD" \
+  local name=agent-x86-64-$1
+  $KUBECTL -n "$NS" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $name, namespace: $NS}
+spec:
+  serviceAccountName: guix-farm-agent
+  automountServiceAccountToken: false
+  containers: [{name: agent, image: guix-farm-agent:make-run}]
+EOF
+  $KUBECTL -n "$NS" create token guix-farm-agent --bound-object-kind=Pod --bound-object-name="$name" \
+    --audience=guix-farm-publisher --duration=24h >"$RUN/$name.token"
+  chmod 600 "$RUN/$name.token"
+  start "agent-$1" env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY \
     bin/guix-farm-agent --kubeconfig="$RUN/agent.kubeconfig" --namespace="$NS" \
-    --name="agent-x86-64-$1" --pool=x86-64 --systems=x86_64-linux --slots=2 --lease-duration=15s \
+    --name="$name" --pool=x86-64 --systems=x86_64-linux --slots=2 --lease-duration=15s \
     --builder=daemon --daemon-socket="$RUN/nix/agent-$1/state/daemon-socket/socket" \
-    --bucket-endpoint="$MINIO_URL" --bucket="$BUCKET" --signing-keys="$SIGNING_KEYS" --trusted-public-keys="$NIX_PUB"
+    --bucket-url="$MINIO_URL/$BUCKET" --trusted-public-keys="$NIX_PUB" \
+    --publisher-url="http://127.0.0.1:$PUBLISHER_PORT" --publisher-token-file="$RUN/$name.token"
 }
 agent 0
 agent 1

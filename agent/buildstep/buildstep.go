@@ -25,6 +25,9 @@ type Step interface {
 type Request struct {
 	// Build names the Build ("namespace/name"), for logs and messages.
 	Build string
+	// BuildUID is the Build's UID: a Build deleted and made again under the same name is another
+	// (the publisher service checks it).
+	BuildUID string
 	// Derivation is the .drv store path to build.
 	Derivation string
 	// System is the derivation's system (x86_64-linux, ...), as the controller read it.

@@ -317,7 +317,7 @@ func BenchmarkAgentPublish1000Small(b *testing.B) {
 		}
 		items, err := bld.closure(ctx, conn, paths)
 		if err == nil {
-			_, err = bld.pub.Publish(ctx, items, nil)
+			_, err = bld.pub.Publish(ctx, Attempt{}, items, nil)
 		}
 		conn.Close()
 		elapsed += time.Since(start)

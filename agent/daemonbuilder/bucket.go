@@ -9,7 +9,8 @@ import (
 )
 
 // BucketPublisher publishes straight to the farm's bucket with the agent's own credentials and
-// signing keys. A presigned-upload publisher can replace it without touching the build loop.
+// signing keys: for setups without the controller's publisher service (RemotePublisher), and the
+// baseline of its benchmark. An agent pod made by the chart never has it.
 type BucketPublisher struct {
 	P *bucket.Publisher
 	// Parallel is how many items upload at once (default bucket.DefaultClosureParallelism).
@@ -19,7 +20,7 @@ type BucketPublisher struct {
 var _ Publisher = BucketPublisher{}
 
 // Publish implements Publisher with PublishClosure: what the bucket has costs a lookup.
-func (b BucketPublisher) Publish(ctx context.Context, items []Item, commit func(context.Context) error) ([]Published, error) {
+func (b BucketPublisher) Publish(ctx context.Context, _ Attempt, items []Item, commit func(context.Context) error) ([]Published, error) {
 	store := make([]bucket.StoreItem, len(items))
 	for i, it := range items {
 		store[i] = bucket.StoreItem{

@@ -103,7 +103,7 @@ func (r *rig) publishFrom(t testing.TB, d *testbed.NixDaemon, paths ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.pub.Publish(ctx, items, nil); err != nil {
+	if _, err := b.pub.Publish(ctx, Attempt{}, items, nil); err != nil {
 		t.Fatal(err)
 	}
 }

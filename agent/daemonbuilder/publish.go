@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/guixfarm/guix-farm/agent/buildstep"
@@ -12,15 +13,31 @@ import (
 	"github.com/guixfarm/guix-farm/internal/derivation"
 )
 
-// Publisher is the only way a build's results leave the agent. It is an interface so that a later
-// change can move bucket credentials and signing keys out of agent pods (presigned uploads, a
-// narinfo signed by the controller) without touching the build loop.
+// Publisher is the only way a build's results leave the agent: RemotePublisher (the controller's
+// publisher service signs and writes; the agent holds no key nor bucket write credential), or
+// BucketPublisher (straight to the bucket with the agent's own credentials and keys, for setups
+// without the service).
 type Publisher interface {
-	// Publish makes items available as substitutes, references first (items come in that
-	// order): each item's nar, verified, then its signed narinfo. Items already published with
-	// the same NarHash cost a lookup. commit runs right before the narinfo of each item marked
-	// Output is written; its error stops the publication with nothing more written.
-	Publish(ctx context.Context, items []Item, commit func(context.Context) error) ([]Published, error)
+	// Publish makes items, the closure of attempt a's outputs, available as substitutes,
+	// references first (items come in that order): each item's nar, verified, then its signed
+	// narinfo. Items already published with the same NarHash cost a lookup. commit runs right
+	// before the narinfo of each item marked Output is written (RemotePublisher: once, before the
+	// service, which checks ownership itself, is asked to write them); its error stops the
+	// publication with nothing more written.
+	Publish(ctx context.Context, a Attempt, items []Item, commit func(context.Context) error) ([]Published, error)
+}
+
+// Attempt names the attempt whose outputs are published.
+type Attempt struct {
+	Namespace, Name, UID string
+	// Number is the Build's attempt count when it was claimed.
+	Number int32
+}
+
+// attemptOf is the attempt req runs.
+func attemptOf(req buildstep.Request) Attempt {
+	ns, name, _ := strings.Cut(req.Build, "/")
+	return Attempt{Namespace: ns, Name: name, UID: req.BuildUID, Number: req.Attempt}
 }
 
 // Item is one store path to publish.
@@ -103,7 +120,7 @@ func (b *Builder) publishHeld(ctx context.Context, req buildstep.Request, items 
 	deadline := time.Now().Add(b.cfg.PublishHold)
 	backoff := time.Second
 	for {
-		pubd, err := b.pub.Publish(ctx, items, commit)
+		pubd, err := b.pub.Publish(ctx, attemptOf(req), items, commit)
 		if err == nil || !errors.Is(err, ErrUnavailable) || ctx.Err() != nil || time.Now().Add(backoff).After(deadline) {
 			return pubd, err
 		}

@@ -30,6 +30,7 @@ import (
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/bucket"
+	"github.com/guixfarm/guix-farm/internal/publishing"
 )
 
 func main() {
@@ -50,6 +51,7 @@ func run() error {
 		metricsAddr, record     string
 		substituteURLs, keys    string
 		keyFiles, bucketURL     string
+		publisherURL, tokenFile string
 		testDuration            time.Duration
 		qps                     float64
 		store                   daemonbuilder.StoreHygiene
@@ -76,10 +78,12 @@ func run() error {
 	flag.StringVar(&store.Path, "store-path", "", "the store as this agent sees it (the shared volume), for its free-space floor; empty skips the check")
 	flag.Float64Var(&store.MinFreePercent, "min-free-percent", 10, "claim nothing while the store has less free space than this")
 	flag.Float64Var(&store.TargetFreePercent, "gc-target-free-percent", 20, "when below the floor, ask the daemon to collect garbage up to this")
-	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the farm's bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
-	flag.StringVar(&bcfg.Bucket, "bucket", "", "the farm's bucket, where outputs and logs are published")
+	flag.StringVar(&publisherURL, "publisher-url", "", "the controller's publisher service (e.g. http://guix-farm-publisher.guix-farm:8082): outputs and logs are published through it, and the agent needs neither bucket write credentials nor signing keys (docs/security.md)")
+	flag.StringVar(&tokenFile, "publisher-token-file", publishing.DefaultTokenFile, "the agent pod's ServiceAccount token, bound to its pod, sent to the publisher service (read at every request)")
+	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the farm's bucket (host:port or http(s)://host[:port]); without --publisher-url, write credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
+	flag.StringVar(&bcfg.Bucket, "bucket", "", "the farm's bucket: substitutes come from it, and without --publisher-url outputs and logs are published to it directly")
 	flag.StringVar(&bcfg.StoreDir, "store-dir", "/gnu/store", "store directory of the daemon")
-	flag.StringVar(&keyFiles, "signing-keys", "", "comma-separated signing key files (Guix signing-key.sec, Nix nix-signing-key.sec)")
+	flag.StringVar(&keyFiles, "signing-keys", "", "without --publisher-url: comma-separated signing key files (Guix signing-key.sec, Nix nix-signing-key.sec)")
 	flag.StringVar(&bucketURL, "bucket-url", "", "the bucket's public substitute URL for the daemon (default: http(s)://<endpoint>/<bucket>)")
 	flag.DurationVar(&testDuration, "test-duration", time.Second, "test builder: how long a build takes")
 	flag.StringVar(&record, "test-record", "", "test builder: file to append attempt records to")
@@ -102,32 +106,53 @@ func run() error {
 	case "test":
 		builder = &testbuilder.Builder{Duration: testDuration, RecordPath: record, Clock: clock.RealClock{}}
 	case "daemon":
-		if bcfg.Endpoint == "" || bcfg.Bucket == "" {
-			return fmt.Errorf("--builder daemon publishes to the farm's bucket: give --bucket-endpoint and --bucket")
-		}
-		bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
-		bcfg.KeyFiles, bcfg.Log = splitList(keyFiles), log.WithName("bucket")
-		pub, err := bucket.NewPublisher(bcfg)
-		if err != nil {
-			return fmt.Errorf("--bucket-endpoint/--bucket/--signing-keys: %w", err)
+		var (
+			pub    daemonbuilder.Publisher
+			prober daemonbuilder.WriteProber
+			err    error
+		)
+		if publisherURL != "" {
+			// No key and no write credential in this process: the controller's publisher
+			// service signs and writes, the agent uploads to presigned URLs.
+			if keyFiles != "" {
+				return fmt.Errorf("--signing-keys with --publisher-url: an agent publishing through the service holds no signing key; give the keys to the controller")
+			}
+			if os.Getenv("AWS_SECRET_ACCESS_KEY") != "" {
+				log.Info("$AWS_SECRET_ACCESS_KEY is set but not used: with --publisher-url the agent needs no bucket credentials; remove it from the agent's environment")
+			}
+			// The client rides out short outages itself; longer ones the builder holds
+			// (--publish-hold), as it does for the bucket.
+			c := &publishing.Client{URL: publisherURL, TokenFile: tokenFile, RetryFor: 30 * time.Second}
+			rp := &daemonbuilder.RemotePublisher{C: c}
+			pub, prober, logs = rp, rp, &daemonbuilder.RemoteLogs{C: c}
+		} else {
+			if bcfg.Endpoint == "" || bcfg.Bucket == "" {
+				return fmt.Errorf("--builder daemon publishes through --publisher-url, or straight to the farm's bucket: give --bucket-endpoint and --bucket")
+			}
+			bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+			bcfg.KeyFiles, bcfg.Log = splitList(keyFiles), log.WithName("bucket")
+			bp, err := bucket.NewPublisher(bcfg)
+			if err != nil {
+				return fmt.Errorf("--bucket-endpoint/--bucket/--signing-keys: %w", err)
+			}
+			pub, prober, logs = daemonbuilder.BucketPublisher{P: bp}, daemonbuilder.BucketPublisher{P: bp}, daemonbuilder.BucketLogs{P: bp}
 		}
 		if bucketURL == "" {
 			if bucketURL, err = bcfg.PublicURL(); err != nil {
-				return err
+				return fmt.Errorf("the daemon substitutes from the farm's bucket: give --bucket-url, or --bucket-endpoint and --bucket: %w", err)
 			}
 		}
 		// The farm's bucket first: what the farm built (and what was submitted) is there.
 		dcfg.SubstituteURLs = append([]string{bucketURL}, splitList(substituteURLs)...)
 		dcfg.TrustedPublicKeys = splitList(keys)
-		bp := daemonbuilder.BucketPublisher{P: pub}
-		db, err := daemonbuilder.New(dcfg, bp, log.WithName("daemon"))
+		db, err := daemonbuilder.New(dcfg, pub, log.WithName("daemon"))
 		if err != nil {
 			return err
 		}
 		defer db.Close()
 		store.Agent = cfg.Name
-		builder, logs = db, daemonbuilder.BucketLogs{P: pub}
-		health = func(ctx context.Context) error { return db.Check(ctx, bp, store) }
+		builder = db
+		health = func(ctx context.Context) error { return db.Check(ctx, prober, store) }
 	default:
 		return fmt.Errorf("--builder %q: choose daemon or test", builderName)
 	}

@@ -69,6 +69,7 @@ func run() error {
 		factsCacheSize                        int
 		bcfg                                  bucket.Config
 		gcf                                   gcFlags
+		pf                                    publisherFlags
 	)
 	flag.StringVar(&namespace, "namespace", os.Getenv("WATCH_NAMESPACE"), "namespace of Builds, AgentPools and agent Leases; empty watches all")
 	flag.StringVar(&strategy, "strategy", string(planner.Basic), "allocation strategy: basic or derivation-ordered")
@@ -86,6 +87,7 @@ func run() error {
 	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the substitute bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
 	flag.StringVar(&bcfg.Bucket, "bucket", "", "the bucket that serves substitutes; the controller reads .drv files and output availability from it")
 	gcf.bind(flag.CommandLine)
+	pf.bind(flag.CommandLine)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one replica")
@@ -104,11 +106,20 @@ func run() error {
 	if bcfg.Bucket != "" {
 		bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
 		bcfg.StoreDir, bcfg.AllowUnsigned, bcfg.Log = storeDir, true, log.WithName("bucket")
-		var err error
-		if reader, err = bucket.NewReader(bcfg, bucket.ReaderOptions{}); err != nil {
+		trusted, err := pf.trustedKeys()
+		if err != nil {
+			return err
+		}
+		if len(trusted) == 0 {
+			log.Info("Narinfos read from the bucket are not verified: give --trusted-public-keys (or --signing-keys) to count only outputs and .drv files the farm's keys signed")
+		}
+		if reader, err = bucket.NewReader(bcfg, bucket.ReaderOptions{TrustedNixKeys: trusted}); err != nil {
 			return fmt.Errorf("--bucket-endpoint/--bucket: %w", err)
 		}
 		o.Bucket = reader
+	}
+	if err := pf.check(bcfg); err != nil {
+		return err
 	}
 	switch {
 	case drvDir != "":
@@ -143,6 +154,12 @@ func run() error {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	o.Metrics = metrics.New(crmetrics.Registry)
+	if pf.addr != "" {
+		if o.Publisher, err = pf.options(mgr.GetClient(), bcfg, log.WithName("publisher")); err != nil {
+			return err
+		}
+		o.PublisherAddr = pf.addr
+	}
 	ctx := ctrl.SetupSignalHandler()
 	farm, err := controllers.Setup(ctx, mgr, o)
 	if err != nil {

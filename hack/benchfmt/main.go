@@ -58,6 +58,8 @@ var (
 	daemonPkg      = "./internal/daemon"
 	builderPkg     = "./agent/daemonbuilder"
 	nixCopySmall   = baseline{label: "BenchmarkNixCopy1000Small", bench: "BenchmarkNixCopy1000Small", metric: "items/s"}
+	// agentDirectSmall: the agent publishing with its own credentials and keys (BucketPublisher).
+	agentDirectSmall = baseline{label: "BenchmarkAgentPublish1000Small (direct)", bench: "BenchmarkAgentPublish1000Small", metric: "items/s"}
 )
 
 // table is every figure `make bench` prints, in order.
@@ -92,6 +94,14 @@ var table = []figure{
 		scale: 1, base: nixCopySmall},
 	{name: "publish.small.agent", pkg: builderPkg, bench: "BenchmarkAgentPublish1000Small", metric: "items/s", unit: "items/s",
 		scale: 1, base: nixCopySmall},
+	{name: "publish.small.remote", pkg: builderPkg, bench: "BenchmarkAgentPublish1000SmallRemote/reread", metric: "items/s",
+		unit: "items/s", scale: 1, base: agentDirectSmall},
+	{name: "publish.small.remote-size-only", pkg: builderPkg, bench: "BenchmarkAgentPublish1000SmallRemote/size", metric: "items/s",
+		unit: "items/s", scale: 1, base: agentDirectSmall},
+	{name: "publish.verify", pkg: bucketPkg, bench: "BenchmarkVerifyUploaded128MiB/reread", metric: "MB/s", unit: "MB/s", scale: 1,
+		base: baseline{label: "BenchmarkPublishClosure1GiB (upload)", bench: "BenchmarkPublishClosure1GiB", metric: "MB/s"}},
+	{name: "publish.small.remote.commit", pkg: builderPkg, bench: "BenchmarkAgentPublish1000SmallRemote/reread", metric: "commit-ms",
+		unit: "ms", scale: 1, base: baseline{label: "the whole publication", bench: "BenchmarkAgentPublish1000SmallRemote/reread", metric: "ms/op"}},
 	{name: "daemon.nar-export", pkg: daemonPkg, bench: "BenchmarkDaemonNarExport1GiB", metric: "MiB/s", unit: "MiB/s", scale: 1,
 		base: baseline{label: "BenchmarkNixStoreDump1GiB", bench: "BenchmarkNixStoreDump1GiB", metric: "MiB/s"}},
 	{name: "agent.overhead", pkg: builderPkg, bench: "BenchmarkAgentOverhead", metric: "overhead-ms", unit: "ms", scale: 1,

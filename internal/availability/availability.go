@@ -36,10 +36,16 @@ import (
 
 // Store is the bucket as the owner asks it: Present reports whether a store
 // path has a narinfo whose nar is there too. It must not cache: the owner
-// decides how long an answer stands.
+// decides how long an answer stands. A narinfo that must not be believed (a
+// signature no trusted key made) is reported with an error matching
+// ErrUntrusted: the owner counts the path absent and tells OnUntrusted.
 type Store interface {
 	Present(ctx context.Context, storePath string) (bool, error)
 }
+
+// ErrUntrusted is matched by a Store's error for a path whose narinfo is there
+// but not trusted: never counted available.
+var ErrUntrusted = errors.New("not trusted")
 
 // Outputs returns a derivation's output store paths (from its .drv; the
 // controller passes its facts cache).
@@ -94,7 +100,12 @@ type Options struct {
 	// OnLost is called (without the owner's lock) when outputs the owner counted available are
 	// found lost (Gone, PathsDeleted), with why: the caller's metric and log. May be nil.
 	OnLost func(drv, why string)
-	Log    logr.Logger
+	// OnUntrusted is called (without the owner's lock) when a lookup finds an
+	// output of drv whose narinfo is not trusted (ErrUntrusted), with the
+	// Store's error: the caller's log, Event and metric. The output counts
+	// absent. May be nil.
+	OnUntrusted func(drv, path string, err error)
+	Log         logr.Logger
 }
 
 // Stats are the owner's counters, for metrics and tests.
@@ -143,6 +154,7 @@ type Owner struct {
 	after        func(d time.Duration, f func()) (stop func() bool)
 	onAnswer     func(drv string, available bool)
 	onLost       func(drv, why string)
+	onUntrusted  func(drv, path string, err error)
 	log          logr.Logger
 
 	ctx         context.Context // cancelled by Close: ends Resolve's lookups
@@ -200,7 +212,7 @@ func New(o Options) (*Owner, error) {
 	w := &Owner{
 		store: o.Store, outputs: o.Outputs,
 		availableTTL: o.AvailableTTL, absentTTL: o.AbsentTTL,
-		clk: o.Clock, onAnswer: o.OnAnswer, onLost: o.OnLost, log: o.Log,
+		clk: o.Clock, onAnswer: o.OnAnswer, onLost: o.OnLost, onUntrusted: o.OnUntrusted, log: o.Log,
 		index:   map[string]string{},
 		pending: map[string]struct{}{},
 		timers:  map[string]func() bool{},
@@ -455,6 +467,13 @@ func (o *Owner) lookup(ctx context.Context, drv string, fresh bool) (bool, error
 	for _, p := range outs {
 		o.lookups.Add(1)
 		ok, err := o.store.Present(ctx, p)
+		if errors.Is(err, ErrUntrusted) {
+			o.log.Info("output's narinfo not trusted: counted absent", "drv", drv, "path", p, "why", err.Error())
+			if o.onUntrusted != nil {
+				o.onUntrusted(drv, p, err)
+			}
+			ok, err = false, nil
+		}
 		if err != nil {
 			return false, fmt.Errorf("output of %s: %w", drv, err)
 		}

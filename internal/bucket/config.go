@@ -72,6 +72,10 @@ type Config struct {
 	Keys          signing.Keys
 	KeyFiles      []string
 	AllowUnsigned bool
+	// TrustedNixKeys are public keys whose signatures, besides those of Keys, make a narinfo
+	// found in the bucket the farm's (e.g. the previous key during a rotation). A narinfo none
+	// of them signed is signed again when its item is published (same NarHash only).
+	TrustedNixKeys []signing.NixPublicKey
 
 	// PartSize of the multipart upload (default 16 MiB, at least 5 MiB) and
 	// Concurrency, the parts in flight: memory is about

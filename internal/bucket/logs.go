@@ -69,10 +69,24 @@ func (p *Publisher) PublishAttemptLog(ctx context.Context, drvPath string, attem
 	if attempt < 1 {
 		return fmt.Errorf("publish log of %s: attempt %d: attempts count from 1", drvPath, attempt)
 	}
-	src, dst := AttemptLogKey(d.String(), attempt), LogKey(d.String())
-	if err := p.putLog(ctx, src, r, map[string]string{logAttemptMeta: strconv.Itoa(attempt)}); err != nil {
+	if err := p.putLog(ctx, AttemptLogKey(d.String(), attempt), r, map[string]string{logAttemptMeta: strconv.Itoa(attempt)}); err != nil {
 		return err
 	}
+	return p.CommitAttemptLog(ctx, drvPath, attempt)
+}
+
+// CommitAttemptLog copies (server-side) the log of attempt under AttemptLogKey to LogKey, unless
+// the log there is from a later attempt: the second half of PublishAttemptLog, for a log someone
+// else uploaded (PresignAttemptLogPut).
+func (p *Publisher) CommitAttemptLog(ctx context.Context, drvPath string, attempt int) error {
+	d, err := p.dir.ParseDerivation(drvPath)
+	if err != nil {
+		return fmt.Errorf("publish log: %w", err)
+	}
+	if attempt < 1 {
+		return fmt.Errorf("publish log of %s: attempt %d: attempts count from 1", drvPath, attempt)
+	}
+	src, dst := AttemptLogKey(d.String(), attempt), LogKey(d.String())
 	// Stat, then copy: a later attempt's log written between the two is
 	// replaced by this one until that attempt's next upload. Only an agent
 	// that lost its claim still uploads an earlier attempt, and the

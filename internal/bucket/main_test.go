@@ -61,7 +61,7 @@ func crashChild(arg string) int {
 // visible, and the next publish completes.
 func TestCrashBetweenNarAndNarInfo(t *testing.T) {
 	e := newEnv(t)
-	content := "Derive([],[],[],\"x86_64-linux\",\"/bin/sh\",[],[])"
+	content := demoDrv
 	args, _ := json.Marshal(crashArgs{Endpoint: e.m.URL, Bucket: e.bucket, AccessKey: e.m.AccessKey, SecretKey: e.m.SecretKey,
 		StorePath: drvPath, Dir: file(t, content)})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")

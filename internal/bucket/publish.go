@@ -55,8 +55,13 @@ type StoreItem struct {
 	NarHash string
 	NarSize uint64
 	// Open returns the item's NAR stream; it may be called more than once
-	// (hashing pass, retries).
+	// (hashing pass, retries). Not needed when Uploaded is set.
 	Open func(ctx context.Context) (io.ReadCloser, error)
+	// Uploaded, when set, says that the item's nar was put in the bucket by
+	// someone else (an agent, through a presigned URL): Publish does not
+	// upload it but verifies the object there (VerifyUploaded) before it
+	// writes the signed narinfo. NarHash and NarSize are then required.
+	Uploaded *UploadedNar
 	// Commit, when set, runs after the nar is uploaded and verified, right
 	// before the narinfo is written; its error leaves the narinfo unwritten
 	// (the nar stays for GC). An agent checks there, freshly, that it still
@@ -113,6 +118,8 @@ type Publisher struct {
 	dir  storepath.Dir
 	log  logr.Logger
 	keys signing.Keys
+	// trusted verify narinfos found in the bucket (untrusted).
+	trusted []signing.NixPublicKey
 
 	// smallParts recycles the buffer most objects fit in whole (small
 	// store items, logs); firstParts the one that decides between one PUT
@@ -150,7 +157,17 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Publisher{cfg: cfg, c: c, dir: storepath.Dir(cfg.StoreDir), log: cfg.Log, keys: keys}, nil
+	trusted := slices.Clone(cfg.TrustedNixKeys)
+	for _, k := range keys.Nix {
+		trusted = append(trusted, k.Public())
+	}
+	return &Publisher{cfg: cfg, c: c, dir: storepath.Dir(cfg.StoreDir), log: cfg.Log, keys: keys, trusted: trusted}, nil
+}
+
+// untrusted says whether a narinfo found in the bucket lacks a signature of the farm's Nix keys
+// (those it signs with, and Config.TrustedNixKeys). Without Nix keys nothing is judged.
+func (p *Publisher) untrusted(ni *narinfo.NarInfo) bool {
+	return len(p.trusted) > 0 && ni.Verify(p.trusted, nil) != nil
 }
 
 // Client is the underlying S3 client.
@@ -247,8 +264,11 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) 
 	if err != nil {
 		return Result{}, fmt.Errorf("publish: %w", err)
 	}
-	if item.Open == nil {
+	if item.Open == nil && item.Uploaded == nil {
 		return Result{}, fmt.Errorf("publish %s: StoreItem.Open is nil", item.StorePath)
+	}
+	if item.Uploaded != nil && (item.NarHash == "" || item.NarSize == 0) {
+		return Result{}, fmt.Errorf("publish %s: an uploaded nar needs the item's NarHash and NarSize", item.StorePath)
 	}
 	refs, err := p.checkRefs(item, sp)
 	if err != nil {
@@ -291,13 +311,20 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) 
 		if err != nil {
 			return res, err
 		}
-		if ok {
+		if ok && !p.untrusted(existing) {
 			log.V(1).Info("already published", "narinfo", res.NarInfoKey)
 			return present, nil
 		}
-		// GC, a hand deletion or a lost bucket left the narinfo pointing at
-		// nothing; clients fail on it until the nar is back.
-		log.Info("the published narinfo's nar is missing: uploading it again", "narinfo", res.NarInfoKey, "nar", existing.URL)
+		if ok {
+			// Same NarHash, but no key of the farm signed it: clients that trust the farm refuse
+			// it, and so does the controller. The nar is checked like a new one and the narinfo
+			// signed again in place.
+			log.Info("the published narinfo is not signed by the farm's keys: signing it again", "narinfo", res.NarInfoKey)
+		} else {
+			// GC, a hand deletion or a lost bucket left the narinfo pointing at
+			// nothing; clients fail on it until the nar is back.
+			log.Info("the published narinfo's nar is missing: uploading it again", "narinfo", res.NarInfoKey, "nar", existing.URL)
+		}
 		replace, res.Repaired = existingETag, true
 	}
 	if !o.refsChecked {
@@ -307,19 +334,32 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) 
 	}
 
 	kind := p.cfg.Compression
-	res.NarKey = NarKey(kind, narHash)
 	var up uploaded
-	res.Attempts, err = retry(ctx, p.cfg.Retry, log, "upload nar", func(ctx context.Context) error {
-		up, err = p.uploadNar(ctx, item, res.NarKey, narHash, narSize)
-		if err == nil {
-			err = p.verifyNar(ctx, res.NarKey, up)
+	if item.Uploaded != nil {
+		kind = item.Uploaded.Compression
+		res.NarKey = NarKey(kind, narHash)
+		res.Attempts, err = retry(ctx, p.cfg.Retry, log, "verify uploaded nar", func(ctx context.Context) error {
+			up, err = p.verifyUploaded(ctx, item, narHash, narSize)
+			return err
+		})
+		if err != nil {
+			return res, err
 		}
-		return err
-	})
-	if err != nil {
-		return res, err
+		log.V(1).Info("uploaded nar verified", "key", res.NarKey, "narSize", up.narSize, "fileSize", up.fileSize, "reread", item.Uploaded.Reread)
+	} else {
+		res.NarKey = NarKey(kind, narHash)
+		res.Attempts, err = retry(ctx, p.cfg.Retry, log, "upload nar", func(ctx context.Context) error {
+			up, err = p.uploadNar(ctx, item, res.NarKey, narHash, narSize)
+			if err == nil {
+				err = p.verifyNar(ctx, res.NarKey, up)
+			}
+			return err
+		})
+		if err != nil {
+			return res, err
+		}
+		log.V(1).Info("nar uploaded", "key", res.NarKey, "narSize", up.narSize, "fileSize", up.fileSize)
 	}
-	log.V(1).Info("nar uploaded", "key", res.NarKey, "narSize", up.narSize, "fileSize", up.fileSize)
 
 	scanned, err := p.baseNames("scanned references", up.scanned)
 	if err != nil { // ScanReferences were checked: cannot happen

@@ -11,7 +11,9 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/compress"
+	"github.com/guixfarm/guix-farm/internal/derivation"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/nar"
 	"github.com/guixfarm/guix-farm/internal/narinfo"
@@ -155,30 +157,49 @@ func (r *Reader) NarInfo(ctx context.Context, storePath string) (*narinfo.NarInf
 		return nil, fmt.Errorf("s3 object %s/%s: %w", r.cfg.Bucket, key, err)
 	}
 	if ni.StorePath != storePath {
-		return nil, fmt.Errorf("s3 object %s/%s: narinfo is for %s, not %s", r.cfg.Bucket, key, ni.StorePath, storePath)
+		return nil, &UntrustedError{Bucket: r.cfg.Bucket, Key: key, StorePath: storePath, Reason: fmt.Sprintf("it is the narinfo of %s", ni.StorePath)}
 	}
 	if len(r.opts.TrustedNixKeys) > 0 {
 		if err := ni.Verify(r.opts.TrustedNixKeys, nil); err != nil {
-			return nil, fmt.Errorf("s3 object %s/%s: %w", r.cfg.Bucket, key, err)
+			return nil, &UntrustedError{Bucket: r.cfg.Bucket, Key: key, StorePath: storePath, Reason: err.Error()}
 		}
 	}
 	return ni, nil
 }
 
+// UntrustedError is a narinfo the reader must not believe: no trusted key signed it, or it names
+// another store path. It matches availability.ErrUntrusted (errors.Is): the availability owner
+// counts such an output absent, never available.
+type UntrustedError struct {
+	Bucket, Key, StorePath, Reason string
+}
+
+func (e *UntrustedError) Error() string {
+	return fmt.Sprintf("s3 object %s/%s: the narinfo of %s is not trusted: %s", e.Bucket, e.Key, e.StorePath, e.Reason)
+}
+
+// Is makes errors.Is(err, availability.ErrUntrusted) true.
+func (e *UntrustedError) Is(target error) bool { return target == availability.ErrUntrusted }
+
 // Present reports whether a client could substitute storePath from the
 // bucket now: its narinfo is there and so is the nar the narinfo's URL
 // names. It is not cached (the availability owner decides how long an
-// answer stands): a GET of the narinfo (through NarInfo, so a narinfo no
-// trusted key signed is an error, not an absence) then a HEAD of the nar.
-// A narinfo whose nar is missing counts as absent: a client would fail to
-// substitute it. A URL on another server is not ours to check and counts as
-// present, as it does for the publisher. Errors other than not-found (the
-// bucket unreachable, access denied, a narinfo that does not parse) are
-// returned.
+// answer stands): a GET of the narinfo (through NarInfo) then a HEAD of the
+// nar. A narinfo whose nar is missing counts as absent: a client would fail
+// to substitute it. A narinfo that is not trusted (no trusted key signed it,
+// with ReaderOptions.TrustedNixKeys; or it names another path) is absent
+// too, with an *UntrustedError saying why (availability.ErrUntrusted), so
+// that the owner can say so. A URL on another server is not ours to check
+// and counts as present, as it does for the publisher. Errors other than
+// these (the bucket unreachable, access denied, a narinfo that does not
+// parse) are returned.
 func (r *Reader) Present(ctx context.Context, storePath string) (bool, error) {
 	ni, err := r.NarInfo(ctx, storePath)
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
+	}
+	if errors.Is(err, availability.ErrUntrusted) {
+		return false, err
 	}
 	if err != nil {
 		return false, fmt.Errorf("is %s in the bucket: %w", storePath, err)
@@ -270,13 +291,24 @@ func wrapObj(err error, cfg Config, key string) error {
 // derivation source.
 // It follows drvsource's error contract: a path not in the bucket wraps drvsource.ErrNotFound, a
 // malformed path drvsource.ErrInvalid; anything else is transient.
+//
+// What it returns is checked against drvPath: a .drv's store path is made from its content and
+// references (derivation.CheckPath), so content that does not hash to its path is refused
+// (drvsource.ErrInvalid), whoever signed its narinfo. A narinfo not trusted counts as absent
+// (drvsource.ErrNotFound, saying why).
 func (r *Reader) Read(ctx context.Context, drvPath string) ([]byte, error) {
 	if _, err := r.dir.ParseDerivation(drvPath); err != nil {
 		return nil, fmt.Errorf("%w: %w", drvsource.ErrInvalid, err)
 	}
 	data, err := r.ReadFile(ctx, drvPath)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrNotFound) || errors.Is(err, availability.ErrUntrusted) {
 		return nil, fmt.Errorf("%w: %w", drvsource.ErrNotFound, err)
 	}
-	return data, err
+	if err != nil {
+		return nil, err
+	}
+	if err := derivation.CheckPath(r.dir, drvPath, data); err != nil {
+		return nil, fmt.Errorf("%w: s3 bucket %s: %w", drvsource.ErrInvalid, r.cfg.Bucket, err)
+	}
+	return data, nil
 }

@@ -274,7 +274,7 @@ func TestSRINarHash(t *testing.T) {
 func TestRepairMissingNar(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	content := "Derive([],[],[],\"x86_64-linux\",\"/bin/sh\",[],[])"
+	content := demoDrv
 	first, err := e.pub.Publish(ctx, DiskItem(drvPath, file(t, content)))
 	if err != nil {
 		t.Fatal(err)

@@ -173,8 +173,14 @@ type DaemonAgentSpec struct {
 	// BucketEndpoint (host:port), Bucket and the credentials (passed as $AWS_ACCESS_KEY_ID and
 	// $AWS_SECRET_ACCESS_KEY) of the farm's bucket.
 	BucketEndpoint, Bucket, AccessKey, SecretKey string
-	// SigningKeys are key files as `guix-farm-controller keygen` writes them.
+	// SigningKeys are key files as `guix-farm-controller keygen` writes them (without
+	// PublisherURL).
 	SigningKeys []string
+	// PublisherURL, when set, makes the agent publish through the controller's publisher service
+	// (--publisher-url) with the token in TokenFile: then give it neither keys nor credentials.
+	PublisherURL, TokenFile string
+	// BucketURL is the bucket's public URL (--bucket-url), for an agent without BucketEndpoint.
+	BucketURL string
 	// TrustedPublicKeys are the Nix public keys the daemon is told to trust (the farm's).
 	TrustedPublicKeys []string
 	// StoreDir is the daemon's store directory (default /gnu/store).
@@ -195,12 +201,27 @@ func (e *Env) StartDaemonAgent(t testing.TB, kubeconfig, namespace string, s Dae
 	args := []string{"--kubeconfig", kubeconfig, "--namespace", namespace, "--name", s.Name,
 		"--systems", strings.Join(s.Systems, ","), "--slots", fmt.Sprint(max(s.Slots, 1)),
 		"--lease-duration", s.LeaseDuration.String(), "--builder", "daemon", "--daemon-socket", s.DaemonSocket,
-		"--bucket-endpoint", s.BucketEndpoint, "--bucket", s.Bucket, "--store-dir", storeDir,
-		"--signing-keys", strings.Join(s.SigningKeys, ","), "--trusted-public-keys", strings.Join(s.TrustedPublicKeys, ",")}
+		"--store-dir", storeDir, "--trusted-public-keys", strings.Join(s.TrustedPublicKeys, ",")}
+	if s.BucketEndpoint != "" {
+		args = append(args, "--bucket-endpoint", s.BucketEndpoint, "--bucket", s.Bucket)
+	}
+	if s.BucketURL != "" {
+		args = append(args, "--bucket-url", s.BucketURL)
+	}
+	if len(s.SigningKeys) > 0 {
+		args = append(args, "--signing-keys", strings.Join(s.SigningKeys, ","))
+	}
+	if s.PublisherURL != "" {
+		args = append(args, "--publisher-url", s.PublisherURL, "--publisher-token-file", s.TokenFile)
+	}
 	if s.Pool != "" {
 		args = append(args, "--pool", s.Pool)
 	}
 	args = append(args, s.Args...)
-	return startAgentProcess(t, s.Name, bin, args,
-		[]string{"AWS_ACCESS_KEY_ID=" + s.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s.SecretKey}, 8000)
+	// Only what the spec gives: an agent of the publisher service runs without credentials.
+	env := []string{"AWS_ACCESS_KEY_ID=" + s.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s.SecretKey}
+	if s.AccessKey == "" && s.SecretKey == "" {
+		env = []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="}
+	}
+	return startAgentProcess(t, s.Name, bin, args, env, 8000)
 }

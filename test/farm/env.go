@@ -32,6 +32,7 @@ import (
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/metrics"
 	"github.com/guixfarm/guix-farm/internal/planner"
+	"github.com/guixfarm/guix-farm/internal/publishing"
 	"github.com/guixfarm/guix-farm/test/testbed"
 )
 
@@ -140,6 +141,9 @@ type ControllerOptions struct {
 	// ManagerErrorsOK: a manager returning an error (e.g. started while the apiserver is down) is
 	// recorded (Controller.Errs), not reported as an error of the test.
 	ManagerErrorsOK bool
+	// Publisher, when set, is the publisher service the controller serves at PublisherAddr.
+	Publisher     *publishing.Options
+	PublisherAddr string
 }
 
 // StartController runs the farm's controllers in-process, watching namespace, reading .drv files
@@ -235,7 +239,7 @@ func (c *Controller) Start() {
 	farm, err := controllers.Setup(ctx, mgr, controllers.Options{
 		Strategy: o.Strategy, Facts: facts, Bucket: o.Bucket,
 		BuildTTL: o.BuildTTL, PlanDebounce: 10 * time.Millisecond, BuildWorkers: 16, AgentGrace: 500 * time.Millisecond,
-		Clock: clock.RealClock{}, Metrics: m, Log: log,
+		Clock: clock.RealClock{}, Metrics: m, Log: log, Publisher: o.Publisher, PublisherAddr: o.PublisherAddr,
 	})
 	if err != nil {
 		cancel()

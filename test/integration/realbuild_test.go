@@ -134,6 +134,8 @@ type rbFarm struct {
 	owner     *availability.Owner   // the controller's (of its first start)
 	plugin    string                // kubectl-guixfarm
 	builds    map[string]*rbBuild   // by attr
+	// publisherURL is the controller's publisher service, when it serves one (withPublisher).
+	publisherURL string
 }
 
 const (
@@ -341,7 +343,9 @@ func TestRealBuild(t *testing.T) {
 // startRealFarm starts the farm but its agents: MinIO with the bucket, the signing keys, the
 // submitter's daemon (with busybox) and the agents' daemons, the controller and the plugin. What
 // it builds is the caller's to instantiate (instantiate, for realDAG).
-func startRealFarm(t testing.TB) *rbFarm { return startRealFarmWith(t, rbOptions{}) }
+func startRealFarm(t testing.TB, tweak ...func(f *rbFarm, o *farm.ControllerOptions)) *rbFarm {
+	return startRealFarmWith(t, rbOptions{}, tweak...)
+}
 
 // rbOptions vary startRealFarm.
 type rbOptions struct {
@@ -356,7 +360,7 @@ type rbOptions struct {
 	ControllerVerbosity int
 }
 
-func startRealFarmWith(t testing.TB, o rbOptions) *rbFarm {
+func startRealFarmWith(t testing.TB, o rbOptions, tweak ...func(f *rbFarm, o *farm.ControllerOptions)) *rbFarm {
 	t.Helper()
 	if o.Agents == nil {
 		o.Agents = rbAgents
@@ -432,11 +436,15 @@ func startRealFarmWith(t testing.TB, o rbOptions) *rbFarm {
 		}
 	})
 	f.facts = drvsource.NewFactsCache(creader, 1000)
-	f.ctrl = env.RunController(t, f.ns, "", farm.ControllerOptions{Strategy: planner.DerivationOrdered,
+	copts := farm.ControllerOptions{Strategy: planner.DerivationOrdered,
 		Facts: f.facts, Bucket: creader, ManagerErrorsOK: o.ControllerErrorsOK,
 		Log: funcr.New(func(prefix, args string) {
 			fmt.Fprintf(ctrlLog, "%s %s %s\n", time.Now().Format("15:04:05.000"), prefix, args)
-		}, funcr.Options{Verbosity: o.ControllerVerbosity})})
+		}, funcr.Options{Verbosity: o.ControllerVerbosity})}
+	for _, fn := range tweak {
+		fn(f, &copts)
+	}
+	f.ctrl = env.RunController(t, f.ns, "", copts)
 	f.owner = f.ctrl.Farm().Availability
 
 	f.kc = env.Kubeconfig(t)

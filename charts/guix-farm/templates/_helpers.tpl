@@ -75,3 +75,13 @@ The rules of a generated ClusterRole, read from the chart's copy of config/rbac/
 {{- define "guix-farm.agent.username" -}}
 {{- printf "system:serviceaccount:%s:%s" (include "guix-farm.farmNamespace" .) (include "guix-farm.agent.serviceAccountName" .) }}
 {{- end }}
+
+{{/* The publisher service's in-cluster URL, as agents reach it. */}}
+{{- define "guix-farm.publisher.url" -}}
+{{- printf "http://%s-publisher.%s.svc:%v" (include "guix-farm.fullname" .) .Release.Namespace .Values.controller.publisher.port }}
+{{- end }}
+
+{{/* Where agent pods mount the token they send the publisher service. */}}
+{{- define "guix-farm.publisher.tokenDir" -}}
+/var/run/secrets/guixfarm.io/publisher
+{{- end }}
