@@ -48,8 +48,8 @@ bench ./internal/signing '^(BenchmarkGuixSign|BenchmarkGuixVerify)$' 200x
 bench ./internal/narinfo '^BenchmarkNarinfoSignBoth$' 200x
 # One op each: 500 Builds through a real apiserver; an etcd read; 1 GiB closures.
 bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild|BenchmarkSampleDAGFarm|BenchmarkBucketLookups10k)$' 1x 20m
-# The restart of a 100,000-Build queue: ~3 minutes of creates, then the controller binary (~9 minutes
-# to its first full plan on a 2-core machine today: issue 11).
+# The cold start and warm restart of a 10,000-Build queue with agents waiting (issue 11);
+# GUIXFARM_RESTART_BUILDS=100000 for a distribution's queue (about 15 minutes more).
 bench ./test/integration '^BenchmarkControllerRestart$' 1x 40m
 bench ./internal/availability '^BenchmarkOwnerMemory1M$' 1x 10m
 bench ./internal/bucket '^(BenchmarkPublishClosure1GiB|BenchmarkNixCopy1GiB|BenchmarkPlainUpload1GiB|BenchmarkPublishClosure1000Small|BenchmarkNixCopy1000Small|BenchmarkVerifyUploaded128MiB)$' 1x 60m
