@@ -242,7 +242,6 @@ func (m metricLines) matching(name string, labels []string) []string {
 	return out
 }
 
-
 // peakRSS is a process's high-water resident set size (VmHWM), in MiB.
 func peakRSS(b *testing.B, pid int) float64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
