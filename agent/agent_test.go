@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -679,10 +680,11 @@ func TestDeletedLeaseFencesTheTerm(t *testing.T) {
 	if after := h.get("b1"); after.ResourceVersion != before.ResourceVersion {
 		t.Fatalf("the fenced attempt wrote the Build: %+v", after.Status)
 	}
-	nl, err := h.lease()
-	if err != nil {
-		t.Fatal(err)
-	}
+	var nl *coordinationv1.Lease
+	eventually(t, "the agent to make its new Lease", func() bool {
+		nl, err = h.lease()
+		return err == nil
+	})
 	if nl.UID == l.UID {
 		t.Fatal("the agent kept the deleted Lease's UID as its term")
 	}

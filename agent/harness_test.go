@@ -446,8 +446,11 @@ func newHarness(t *testing.T, builds []*farmv1.Build, opts ...option) *harness {
 			return err
 		},
 	})
+	// A Lease term far longer than the minutes tests step the clock by: past a term without a
+	// renewal the agent claims nothing, and a jump of the fake clock must not race the renewal
+	// that follows it (TestLeaseOutageKeepsBuilding steps whole terms on purpose).
 	cfg := Config{Name: testAgent, Namespace: testNS, Pool: "x86", Systems: []string{"x86_64-linux"}, Slots: 1,
-		LeaseDuration: 40 * time.Second, RenewInterval: 10 * time.Second, ReleaseTimeout: 5 * time.Second,
+		LeaseDuration: 10 * time.Minute, RenewInterval: 10 * time.Second, ReleaseTimeout: 5 * time.Second,
 		MaxLogBytes: 1 << 20, LogFlushInterval: 3 * time.Second, HealthInterval: 5 * time.Second}
 	deps := Deps{Client: agentClient, Cache: h.cache, Step: h.step, Logs: h.logs, Clock: h.clk}
 	for _, o := range opts {
