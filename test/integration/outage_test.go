@@ -61,7 +61,9 @@ func TestAPIServerOutage(t *testing.T) {
 	}
 	attrs, later := attrs[:outageBuilds], attrs[outageBuilds:]
 	f.submitBuilds(t, nil, attrs...) // also publishes busybox, which the agents' daemons substitute first
-	f.startAgentsWith(t, func(s *farm.DaemonAgentSpec) { s.Slots = outageBuilds / len(rbAgents) })
+	// Slots for every build on each agent: the Builds are planned before the agents start, and
+	// the first agent whose Lease the planner sees may hold them all in its horizon.
+	f.startAgentsWith(t, func(s *farm.DaemonAgentSpec) { s.Slots = outageBuilds })
 	running := func(n int) {
 		waitFor(t, 2*time.Minute, "every build to be running", func() (bool, string) {
 			p := phases(listBuilds(t, f.ns))
