@@ -184,25 +184,12 @@ func (p *RemotePublisher) upload(ctx context.Context, ref publishing.AttemptRef,
 	if err != nil {
 		return 0, "", err
 	}
-	var sp *spool
-	var fileHash string
-	for try := 0; ; try++ {
-		sp = &spool{dir: p.SpoolDir}
-		fileHash, err = p.compressNar(ctx, it, kind, want, sp)
-		if err == nil {
-			break
-		}
+	// A daemon slow to accept is waited for by daemon.Dial.
+	sp := &spool{dir: p.SpoolDir}
+	fileHash, err := p.compressNar(ctx, it, kind, want, sp)
+	if err != nil {
 		sp.close()
-		// A daemon slow to accept (its listen queue full: it forks a worker per connection)
-		// refuses a connection for the moment; the nar is read again from the start.
-		if !errors.Is(err, syscall.EAGAIN) || try >= 5 || ctx.Err() != nil {
-			return 0, "", err
-		}
-		select {
-		case <-ctx.Done():
-			return 0, "", ctx.Err()
-		case <-time.After(time.Duration(100<<try) * time.Millisecond):
-		}
+		return 0, "", err
 	}
 	defer sp.close()
 	for try := 0; ; try++ {

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"github.com/guixfarm/guix-farm/internal/storepath"
+	"syscall"
+	"time"
 )
 
 // Dialect is the flavour of worker protocol a daemon speaks.
@@ -90,6 +92,17 @@ type Conn struct {
 func Dial(ctx context.Context, socket string) (*Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", socket)
+	// A daemon forks a worker per connection and accepts slowly: with many connections at once
+	// its listen queue fills, and connect answers EAGAIN for the moment. Wait and try again
+	// (about 3 s in all) rather than fail what is only a busy daemon.
+	for try := 0; err != nil && errors.Is(err, syscall.EAGAIN) && try < 5; try++ {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("daemon: connecting to %s: %w", socket, ctx.Err())
+		case <-time.After(time.Duration(100<<try) * time.Millisecond):
+		}
+		nc, err = d.DialContext(ctx, "unix", socket)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("daemon: connecting to %s: %w", socket, err)
 	}
