@@ -673,8 +673,11 @@ func TestDeletedLeaseFencesTheTerm(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := h.get("b1")
-	h.clk.Step(h.agent.cfg.RenewInterval)
-	eventually(t, "the step to be stopped", func() bool { return r.ctx.Err() != nil })
+	// Each poll steps the clock: the Lease loop may make its ticker only after a first step.
+	eventually(t, "the step to be stopped", func() bool {
+		h.clk.Step(h.agent.cfg.RenewInterval)
+		return r.ctx.Err() != nil
+	})
 	r.finish(buildstep.Result{}, nil) // a build that completed anyway
 	h.idle()
 	if after := h.get("b1"); after.ResourceVersion != before.ResourceVersion {
@@ -682,6 +685,7 @@ func TestDeletedLeaseFencesTheTerm(t *testing.T) {
 	}
 	var nl *coordinationv1.Lease
 	eventually(t, "the agent to make its new Lease", func() bool {
+		h.clk.Step(h.agent.cfg.RenewInterval)
 		nl, err = h.lease()
 		return err == nil
 	})
