@@ -205,6 +205,31 @@ func TestDaemonBuilder(t *testing.T) {
 		}
 	})
 
+	t.Run("local input that differs from the farm's is replaced before the build", func(t *testing.T) {
+		// The agent built the input itself (an attempt it lost) and another agent's build of
+		// this non-reproducible derivation was published instead.
+		depExpr := r.expr("random-dep", `$bb/bin/busybox head -c 32 /dev/urandom > $out`)
+		dep, depOut := r.drv(t, "random-dep", depExpr)
+		drv, out := r.drv(t, "on-random", r.expr("on-random", `$bb/bin/busybox cat $in0 > $out`, depExpr))
+		r.agent.MustRun(t, "nix-store", "--realise", dep)
+		r.submit.MustRun(t, "nix-store", "--realise", dep)
+		r.publishFrom(t, r.submit, depOut)
+		farms := r.submit.MustRun(t, "nix-store", "-q", "--hash", depOut)
+		if local := r.agent.MustRun(t, "nix-store", "-q", "--hash", depOut); local == farms {
+			t.Fatalf("both daemons built the same random output %s: the test proves nothing", local)
+		}
+		log := &logBuf{}
+		if _, err := b.Run(ctx, request(drv, log)); err != nil {
+			t.Fatalf("Run: %v (kind %s)\nlog:\n%s", err, buildstep.KindOf(err), log.String())
+		}
+		if local := r.agent.MustRun(t, "nix-store", "-q", "--hash", depOut); local != farms {
+			t.Errorf("the agent's copy of the input is %s, the farm's %s", local, farms)
+		}
+		if code, _ := r.narinfo(t, out); code != 200 {
+			t.Errorf("no narinfo for %s (%d)", out, code)
+		}
+	})
+
 	t.Run("input whose nar is gone from the bucket is missing, not a failure", func(t *testing.T) {
 		depExpr := r.expr("nar-lost", `echo lost > $out`)
 		dep, depOut := r.drv(t, "nar-lost", depExpr)
