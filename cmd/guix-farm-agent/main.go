@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +29,7 @@ import (
 	"github.com/guixfarm/guix-farm/agent/testbuilder"
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/bucket"
+	"github.com/guixfarm/guix-farm/internal/cli"
 	"github.com/guixfarm/guix-farm/internal/publishing"
 )
 
@@ -94,8 +94,8 @@ func run() error {
 	flag.Parse()
 	log := zap.New(zap.UseFlagOptions(&opts))
 	ctrllog.SetLogger(log) // else controller-runtime prints a stack trace at the first log line
-	cfg.Systems = splitList(systems)
-	cfg.Features = splitList(features)
+	cfg.Systems = cli.SplitList(systems)
+	cfg.Features = cli.SplitList(features)
 
 	var (
 		builder buildstep.Step
@@ -130,7 +130,7 @@ func run() error {
 				return fmt.Errorf("--builder daemon publishes through --publisher-url, or straight to the farm's bucket: give --bucket-endpoint and --bucket")
 			}
 			bcfg.AccessKey, bcfg.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
-			bcfg.KeyFiles, bcfg.Log = splitList(keyFiles), log.WithName("bucket")
+			bcfg.KeyFiles, bcfg.Log = cli.SplitList(keyFiles), log.WithName("bucket")
 			bp, err := bucket.NewPublisher(bcfg)
 			if err != nil {
 				return fmt.Errorf("--bucket-endpoint/--bucket/--signing-keys: %w", err)
@@ -143,8 +143,8 @@ func run() error {
 			}
 		}
 		// The farm's bucket first: what the farm built (and what was submitted) is there.
-		dcfg.SubstituteURLs = append([]string{bucketURL}, splitList(substituteURLs)...)
-		dcfg.TrustedPublicKeys = splitList(keys)
+		dcfg.SubstituteURLs = append([]string{bucketURL}, cli.SplitList(substituteURLs)...)
+		dcfg.TrustedPublicKeys = cli.SplitList(keys)
 		db, err := daemonbuilder.New(dcfg, pub, log.WithName("daemon"))
 		if err != nil {
 			return err
@@ -198,16 +198,6 @@ func run() error {
 	defer stopCache()
 	go func() { _ = c.Start(cacheCtx) }()
 	return a.Run(ctx)
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
 }
 
 func envOr(k, def string) string {

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/guixfarm/guix-farm/internal/bucket"
+	"github.com/guixfarm/guix-farm/internal/cli"
 	"github.com/guixfarm/guix-farm/internal/publishing"
 	"github.com/guixfarm/guix-farm/internal/signing"
 )
@@ -62,7 +63,7 @@ func (p *publisherFlags) check(bcfg bucket.Config) error {
 // are not verified.
 func (p *publisherFlags) trustedKeys() ([]signing.NixPublicKey, error) {
 	var out []signing.NixPublicKey
-	for _, k := range splitList(p.trusted) {
+	for _, k := range cli.SplitList(p.trusted) {
 		pk, err := signing.ParseNixPublicKey(k)
 		if err != nil {
 			return nil, fmt.Errorf("--trusted-public-keys: %w", err)
@@ -73,7 +74,7 @@ func (p *publisherFlags) trustedKeys() ([]signing.NixPublicKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if files := splitList(p.keyFiles); len(files) > 0 {
+	if files := cli.SplitList(p.keyFiles); len(files) > 0 {
 		if keys, err = signing.LoadKeysFromFiles(files...); err != nil {
 			return nil, fmt.Errorf("--signing-keys: %w", err)
 		}
@@ -120,7 +121,7 @@ func (p *publisherFlags) keys() (signing.Keys, error) {
 func (p *publisherFlags) options(c client.Client, bcfg bucket.Config, log logr.Logger) (*publishing.Options, error) {
 	var err error
 	bcfg.AllowUnsigned = false
-	bcfg.KeyFiles = splitList(p.keyFiles)
+	bcfg.KeyFiles = cli.SplitList(p.keyFiles)
 	if bcfg.Keys, err = p.keys(); err != nil {
 		return nil, err
 	}
@@ -132,18 +133,8 @@ func (p *publisherFlags) options(c client.Client, bcfg bucket.Config, log logr.L
 	}
 	return &publishing.Options{
 		Publisher: pub,
-		Auth: &publishing.TokenReviewer{Client: c, Audiences: splitList(p.audiences),
-			ServiceAccounts: splitList(p.serviceAccounts)},
+		Auth: &publishing.TokenReviewer{Client: c, Audiences: cli.SplitList(p.audiences),
+			ServiceAccounts: cli.SplitList(p.serviceAccounts)},
 		Expiry: p.expiry, Reread: p.reread, Parallel: p.parallel, Log: log,
 	}, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/spf13/pflag"
 
 	"github.com/guixfarm/guix-farm/internal/bucket"
+	"github.com/guixfarm/guix-farm/internal/cli"
 	"github.com/guixfarm/guix-farm/internal/storepath"
 	"github.com/guixfarm/guix-farm/internal/submit"
 )
@@ -49,7 +49,7 @@ func bindSubmit(fs *pflag.FlagSet, g *common, e env) func(ctx context.Context, a
 	)
 	fs.StringVar(&socket, "daemon-socket", envOr(e, "GUIX_DAEMON_SOCKET", "/var/guix/daemon-socket/socket"),
 		"the local guix-daemon or nix-daemon socket the .drv closures are read from ($GUIX_DAEMON_SOCKET when set)")
-	fs.StringSliceVar(&keyFiles, "signing-keys", splitList(e.Getenv("GUIXFARM_SIGNING_KEYS")),
+	fs.StringSliceVar(&keyFiles, "signing-keys", cli.SplitList(e.Getenv("GUIXFARM_SIGNING_KEYS")),
 		"signing key files for the narinfos of what is uploaded: Guix's signing-key.sec and/or a Nix secret key, comma-separated or repeated (default: $GUIXFARM_SIGNING_KEYS)")
 	fs.BoolVar(&allowUnsigned, "allow-unsigned", false,
 		"upload unsigned narinfos; only for farms whose agents' daemons run with require-sigs = false (others refuse to substitute them)")
@@ -137,14 +137,4 @@ func envOr(e env, k, def string) string {
 		return v
 	}
 	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
 }
