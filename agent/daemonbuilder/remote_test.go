@@ -2,9 +2,7 @@ package daemonbuilder
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -27,8 +25,6 @@ import (
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/index"
 	"github.com/guixfarm/guix-farm/internal/publishing"
-	"github.com/guixfarm/guix-farm/internal/signing"
-	"github.com/guixfarm/guix-farm/test/testbed"
 )
 
 // oneAgent authenticates every token as agent a1 of namespace ns: these tests are about the
@@ -156,56 +152,12 @@ func BenchmarkAgentPublish1000SmallRemote(b *testing.B) {
 }
 
 func benchRemoteSmall(b *testing.B, reread bool) {
-	m := testbed.StartMinIO(b)
-	d := testbed.StartNixDaemon(b, testbed.NixOptions{NoSandbox: true})
-	ctx := context.Background()
-	paths := addSmallItems(b, d)
-	key, err := signing.GenerateNixKey(rand.Reader, "farm-bench-1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var elapsed time.Duration
 	phases := &phaseTimer{}
-	for i := range b.N {
-		b.StopTimer()
-		pub, err := bucket.NewPublisher(bucket.Config{Endpoint: m.Endpoint, Bucket: fmt.Sprintf("remote%d", i), AccessKey: m.AccessKey,
-			SecretKey: m.SecretKey, Keys: signing.Keys{Nix: []signing.NixSecretKey{key}}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pub.EnsureBucket(ctx); err != nil {
-			b.Fatal(err)
-		}
+	benchSmallPublish(b, "remote", Attempt{Namespace: "ns", Name: "b", UID: "uid-1", Number: 1}, func(pub *bucket.Publisher) Publisher {
 		c, _ := service(b, pub, "/gnu/store/00000000000000000000000000000000-bench.drv", reread)
 		c.HTTP = &http.Client{Transport: phases}
-		bld, err := New(Config{Socket: d.Socket}, &RemotePublisher{C: c}, logr.Discard())
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		start := time.Now()
-		conn, err := bld.dial(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		items, err := bld.closure(ctx, conn, paths)
-		if err == nil {
-			_, err = bld.pub.Publish(ctx, Attempt{Namespace: "ns", Name: "b", UID: "uid-1", Number: 1}, items, nil)
-		}
-		conn.Close()
-		elapsed += time.Since(start)
-		b.StopTimer()
-		bld.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(items) != len(paths) {
-			b.Fatalf("closure of %d items, want %d", len(items), len(paths))
-		}
-	}
-	perOp := elapsed.Seconds() / float64(b.N)
-	b.ReportMetric(perOp*1000, "ms/op")
-	b.ReportMetric(float64(len(paths))/perOp, "items/s")
+		return &RemotePublisher{C: c}
+	})
 	ms := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(b.N) }
 	b.ReportMetric(ms(phases.get(publishing.PathUploads)), "uploads-request-ms")
 	b.ReportMetric(ms(phases.get(publishing.PathCommit)), "commit-ms")
