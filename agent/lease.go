@@ -41,7 +41,12 @@ func (a *Agent) holdLease(ctx context.Context) {
 				}
 			}
 		}
-		if err := a.renewLease(ctx); err != nil {
+		err := a.renewLease(ctx)
+		if apierrors.IsConflict(err) {
+			// The controller annotated the Lease (a drain) between our read and write: read again.
+			err = a.renewLease(ctx)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}

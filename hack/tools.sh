@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned test-bed tools into a project-local cache ($TOOLS_DIR, default .cache/tools).
 # Each tool is built from the Go module proxy once; a second run finds it and returns at once.
-# Usage: hack/tools.sh [kube|etcd|controller-gen|minio|mc|helm|nix|all]...
+# Usage: hack/tools.sh [kube|kube-control-plane|etcd|controller-gen|minio|mc|helm|nix|all]...
 set -euo pipefail
 export GOTOOLCHAIN=local
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,9 +29,9 @@ tidy() {
   out=$(go mod tidy 2>&1) || { echo "$out" >&2; log "go mod tidy failed in $PWD"; return 1; }
 }
 
-kube() {
-  if stamp_ok kube-apiserver "$K8S_VERSION" && stamp_ok kubectl "$K8S_VERSION"; then return; fi
-  log "building kube-apiserver and kubectl $K8S_VERSION (about 12 minutes cold)"
+# kube_module writes the throwaway module k8s.io/kubernetes binaries are built in, and sets
+# KUBE_LDFLAGS (version stamps).
+kube_module() {
   local mod=$TOOLS_DIR/src/kube
   mkdir -p "$mod"
   local gomod
@@ -52,19 +52,35 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
-  local bd ld p
-  bd=$(date -u +%Y-%m-%dT%H:%M:%SZ); ld="-s -w"
+  local bd p
+  bd=$(date -u +%Y-%m-%dT%H:%M:%SZ); KUBE_LDFLAGS="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37 -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean -X $p.buildDate=$bd"
+    KUBE_LDFLAGS="$KUBE_LDFLAGS -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37 -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean -X $p.buildDate=$bd"
   done
-  (cd "$mod" && tidy &&
-    go build -trimpath -ldflags "$ld" -o "$BIN/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
-    go build -trimpath -ldflags "$ld" -o "$BIN/kubectl" k8s.io/kubernetes/cmd/kubectl)
-  stamp kube-apiserver "$K8S_VERSION"; stamp kubectl "$K8S_VERSION"
+  (cd "$mod" && tidy)
 }
+
+# kube_build NAME...: builds each k8s.io/kubernetes/cmd/NAME at K8S_VERSION unless cached.
+kube_build() {
+  local todo=() n
+  for n in "$@"; do stamp_ok "$n" "$K8S_VERSION" || todo+=("$n"); done
+  [ ${#todo[@]} -gt 0 ] || return 0
+  log "building ${todo[*]} $K8S_VERSION (kube-apiserver: about 12 minutes cold)"
+  kube_module
+  for n in "${todo[@]}"; do
+    (cd "$TOOLS_DIR/src/kube" && go build -trimpath -ldflags "$KUBE_LDFLAGS" -o "$BIN/$n" "k8s.io/kubernetes/cmd/$n")
+    stamp "$n" "$K8S_VERSION"
+  done
+}
+
+kube() { kube_build kube-apiserver kubectl; }
+# The scheduler and the controller-manager make and place the agent pools' pods in tests.
+kube_control_plane() { kube_build kube-controller-manager kube-scheduler; }
 
 etcd() {
   if stamp_ok etcd "$ETCD_VERSION"; then return; fi
@@ -122,9 +138,9 @@ nix() {
 [ $# -gt 0 ] || set -- all
 for t in "$@"; do
   case $t in
-    kube) kube ;; etcd) etcd ;; controller-gen) controller_gen ;; minio) minio ;; mc) mc ;; helm) helm ;; nix) nix ;;
+    kube) kube ;; kube-control-plane) kube_control_plane ;; etcd) etcd ;; controller-gen) controller_gen ;; minio) minio ;; mc) mc ;; helm) helm ;; nix) nix ;;
     envtest) kube; etcd ;;
-    all) controller_gen; etcd; kube; minio; helm; nix ;;
+    all) controller_gen; etcd; kube; kube_control_plane; minio; helm; nix ;;
     *) echo "hack/tools.sh: unknown tool $t" >&2; exit 2 ;;
   esac
 done

@@ -167,8 +167,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	if now.Before(deadline) {
 		slots := info.Slots
-		if info.Unhealthy != "" {
-			// An unhealthy agent claims nothing: a horizon on it would hold builds a healthy agent could run.
+		if info.Unhealthy != "" || info.Drain != "" {
+			// An unhealthy or draining agent claims nothing: a horizon on it would hold builds a
+			// healthy agent could run, and a draining one must become idle to go.
 			slots = 0
 		}
 		p.UpsertAgent(planner.Agent{Name: info.Name, Pool: info.Pool, Systems: info.Systems, Features: info.Features,

@@ -1,52 +1,105 @@
-// Package agentpool reconciles AgentPools: it tells the planner what each pool could serve (so a
-// Build for a system no pool serves waits with a clear condition) and reports the pool's agents,
-// running builds and queue depth. The pod template's reconciler comes with the pool issue.
+// Package agentpool reconciles AgentPools. It tells the planner what each pool could serve (so a
+// Build for a system no pool serves waits with a clear condition), runs the pool's agents as the
+// pods of a StatefulSet (agent plus daemon sidecar, placed by architecture, isolated by the pool's
+// profile), sizes the pool from its queue when autoscaling is on, drains agents before removing
+// or replacing them, and reports the pool's pods, agents, running builds and queue.
 package agentpool
 
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers/planning"
 	"github.com/guixfarm/guix-farm/internal/agentlease"
+	"github.com/guixfarm/guix-farm/internal/autoscale"
 	"github.com/guixfarm/guix-farm/internal/conditions"
+	"github.com/guixfarm/guix-farm/internal/index"
 	"github.com/guixfarm/guix-farm/internal/planner"
 )
 
 // StatusInterval refreshes the queue depth, which changes without any pool or Lease event.
 const StatusInterval = 15 * time.Second
 
+// busyRecheck is how soon a pool with agents draining or rolling is looked at again: a drained
+// agent's last build ending moves no pod and no pool.
+const busyRecheck = 2 * time.Second
+
+// unboundedMax stands for an unset spec.maxReplicas in autoscaling.
+const unboundedMax = 1000
+
 // Reconciler reconciles AgentPools.
 type Reconciler struct {
 	Client client.Client
 	Loop   *planning.Loop
 	Clock  clock.Clock
+	// Defaults make the agent pods; with no AgentImage the controller makes no pods and the pools
+	// report on agents started elsewhere (processes, or pods of your own).
+	Defaults Defaults
+	Recorder events.EventRecorder
+
+	mu          sync.Mutex
+	recommender map[types.NamespacedName]*autoscale.Recommender
+	planned     chan event.TypedGenericEvent[*farmv1.AgentPool]
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
 
-// SetupWithManager watches pools and their agents' Leases.
+// managesPods says whether this controller runs the pools' agents as pods.
+func (r *Reconciler) managesPods() bool { return r.Defaults.AgentImage != "" }
+
+// SetupWithManager watches pools, their agents' Leases, and (when it makes pods) their
+// StatefulSets, pods, budgets and daemon ConfigMaps; after each planning pass, the pools that
+// autoscale look at their queue again.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	r.planned = make(chan event.TypedGenericEvent[*farmv1.AgentPool], 1)
+	prev := r.Loop.AfterPlan
+	r.Loop.AfterPlan = func() {
+		if prev != nil {
+			prev()
+		}
+		select { // one pending wake-up is enough: it re-reads every pool
+		case r.planned <- event.TypedGenericEvent[*farmv1.AgentPool]{Object: &farmv1.AgentPool{}}:
+		default:
+		}
+	}
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("agentpool").
 		For(&farmv1.AgentPool{}).
-		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(poolOfLease)).
-		Complete(r)
+		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(poolOfLabel)).
+		WatchesRawSource(source.Channel(r.planned, handler.TypedEnqueueRequestsFromMapFunc(r.autoscaledPools)))
+	if r.managesPods() {
+		b = b.Owns(&appsv1.StatefulSet{}).
+			Owns(&policyv1.PodDisruptionBudget{}).
+			Owns(&corev1.ConfigMap{}).
+			Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(poolOfLabel))
+	}
+	return b.Complete(r)
 }
 
-func poolOfLease(_ context.Context, o client.Object) []reconcile.Request {
+// poolOfLabel maps an agent's Lease or pod to its pool.
+func poolOfLabel(_ context.Context, o client.Object) []reconcile.Request {
 	pool := o.GetLabels()[agentlease.LabelPool]
 	if pool == "" {
 		return nil
@@ -54,13 +107,31 @@ func poolOfLease(_ context.Context, o client.Object) []reconcile.Request {
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: pool}}}
 }
 
-// Reconcile updates one pool's status.
+// autoscaledPools lists the pools whose size follows the queue.
+func (r *Reconciler) autoscaledPools(ctx context.Context, _ *farmv1.AgentPool) []reconcile.Request {
+	var pools farmv1.AgentPoolList
+	if err := r.Client.List(ctx, &pools); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range pools.Items {
+		if a := pools.Items[i].Spec.Autoscaling; a != nil && a.Enabled {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&pools.Items[i])})
+		}
+	}
+	return out
+}
+
+// Reconcile sizes one pool, moves its pods one step towards that size and template, and writes
+// its status once.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
 	p := r.Loop.Planner()
 	pool := &farmv1.AgentPool{}
 	if err := r.Client.Get(ctx, req.NamespacedName, pool); err != nil {
 		if apierrors.IsNotFound(err) {
 			p.RemovePool(poolKey(req.NamespacedName))
+			r.forgetRecommender(req.NamespacedName)
 			r.Loop.Kick()
 			return ctrl.Result{}, nil
 		}
@@ -77,26 +148,58 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	now := r.Clock.Now()
 	before := pool.DeepCopy()
 	st := &pool.Status
+	agents := map[string]agentlease.Info{}
 	st.ReadyAgents, st.RunningBuilds = 0, 0
 	for i := range leases.Items {
 		info, err := agentlease.Parse(&leases.Items[i])
 		if err != nil || now.After(info.Expires) {
 			continue
 		}
+		agents[info.Name] = info
 		st.ReadyAgents++
 		st.RunningBuilds += int32(info.Slots - info.FreeSlots)
 	}
-	st.Replicas = st.ReadyAgents
 	stats := p.Stats()
 	st.QueueDepth = 0
 	for _, sys := range pool.Spec.Systems {
 		st.QueueDepth += int32(stats.Pending[sys])
 	}
-	st.Selector = metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: map[string]string{agentlease.LabelPool: pool.Name}})
+	st.ClaimableBuilds = int32(p.Claimable(poolKey(req.NamespacedName)))
+	st.Selector = metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: Selector(pool.Name)})
 	st.ObservedGeneration = pool.Generation
+	st.Isolation = pool.Spec.Isolation
+	if st.Isolation == "" {
+		st.Isolation = farmv1.IsolationPrivileged
+	}
+
+	desired, scaled, err := r.size(ctx, pool, int(st.ClaimableBuilds), int(st.RunningBuilds), now)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	st.DesiredReplicas = desired
+	if scaled {
+		st.LastScaleTime = &metav1.Time{Time: now}
+	}
+
+	requeue := StatusInterval
+	if !r.managesPods() {
+		st.Replicas = st.ReadyAgents
+	} else {
+		busy, err := r.runPods(ctx, pool, desired, agents, now)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if busy {
+			requeue = busyRecheck
+		}
+	}
+
 	want := int32(1)
 	if pool.Spec.MinReplicas != nil {
 		want = max(*pool.Spec.MinReplicas, 1)
+	}
+	if desired == 0 && pool.Spec.Autoscaling != nil && pool.Spec.Autoscaling.Enabled {
+		want = 0 // scaled to zero on purpose: not a missing agent
 	}
 	if st.ReadyAgents >= want {
 		conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionReady, metav1.ConditionTrue, "AgentsReady",
@@ -108,8 +211,275 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.Client.Status().Patch(ctx, pool, client.MergeFrom(before)); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	return ctrl.Result{RequeueAfter: StatusInterval}, nil
+	if scaled && r.Recorder != nil {
+		r.Recorder.Eventf(pool, nil, corev1.EventTypeNormal, "Scaled", "Autoscale", "spec.replicas %d → %d: %s",
+			ptrOr(before.Spec.Replicas, 1), desired, scalingMessage(st.Conditions))
+	}
+	log.V(1).Info("Pool reconciled", "desired", desired, "pods", st.Replicas, "ready", st.ReadyAgents, "claimable", st.ClaimableBuilds)
+	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// size returns the pool's desired size. With autoscaling on, it is the recommender's, written to
+// spec.replicas (scaled says it changed); otherwise spec.replicas is the user's or an HPA's.
+func (r *Reconciler) size(ctx context.Context, pool *farmv1.AgentPool, claimable, running int, now time.Time) (int32, bool, error) {
+	cur := ptrOr(pool.Spec.Replicas, 1)
+	a := pool.Spec.Autoscaling
+	if a == nil || !a.Enabled {
+		conditions.Set(&pool.Status.Conditions, pool.Generation, now, farmv1.AgentPoolConditionScaling, metav1.ConditionFalse, "Manual",
+			fmt.Sprintf("spec.replicas (%d) is set by kubectl scale or an HPA: spec.autoscaling.enabled is false", cur))
+		return cur, false, nil
+	}
+	pol := autoscale.Policy{
+		Min:           ptrOr(pool.Spec.MinReplicas, 0),
+		Max:           ptrOr(pool.Spec.MaxReplicas, unboundedMax),
+		SlotsPerAgent: max(pool.Spec.MaxParallelBuilds, 1),
+		Window:        time.Duration(a.StabilizationWindowSeconds) * time.Second,
+	}
+	want, why := r.recommenderOf(client.ObjectKeyFromObject(pool)).Recommend(now, claimable, running, pol)
+	conditions.Set(&pool.Status.Conditions, pool.Generation, now, farmv1.AgentPoolConditionScaling, metav1.ConditionTrue, "Autoscaling",
+		fmt.Sprintf("%d agents for %d claimable and %d running builds: %s", want, claimable, running, why))
+	if want == cur {
+		return cur, false, nil
+	}
+	patch := client.MergeFrom(pool.DeepCopy())
+	spec := pool.DeepCopy()
+	spec.Spec.Replicas = &want
+	if err := r.Client.Patch(ctx, spec, patch); err != nil {
+		return cur, false, fmt.Errorf("writing spec.replicas %d of pool %s: %w", want, pool.Name, err)
+	}
+	// Keep the status patch based on the object as it is now.
+	pool.ResourceVersion, pool.Generation, pool.Spec.Replicas = spec.ResourceVersion, spec.Generation, &want
+	return want, true, nil
+}
+
+func (r *Reconciler) recommenderOf(k types.NamespacedName) *autoscale.Recommender {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.recommender == nil {
+		r.recommender = map[types.NamespacedName]*autoscale.Recommender{}
+	}
+	rec := r.recommender[k]
+	if rec == nil {
+		rec = &autoscale.Recommender{}
+		r.recommender[k] = rec
+	}
+	return rec
+}
+
+func (r *Reconciler) forgetRecommender(k types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.recommender, k)
+}
+
+// runPods makes the pool's pods follow desired and the current template: it writes the daemon's
+// ConfigMap, the StatefulSet and the budget, drains agents and deletes drained ones, and fills
+// the pod counts of the status. busy says a drain or a roll is under way.
+func (r *Reconciler) runPods(ctx context.Context, pool *farmv1.AgentPool, desired int32, agents map[string]agentlease.Info, now time.Time) (bool, error) {
+	st := &pool.Status
+	tpl, ferr := podTemplate(pool, r.Defaults)
+	if ferr != nil {
+		conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionTemplateValid, metav1.ConditionFalse, "InvalidTemplate", ferr.Error())
+		return false, nil
+	}
+	if err := r.ensureDaemonConfig(ctx, pool); err != nil {
+		return false, err
+	}
+	sts := &appsv1.StatefulSet{}
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: pool.Namespace, Name: pool.Name}, sts)
+	if apierrors.IsNotFound(err) {
+		sts = r.statefulSet(pool, tpl, desired)
+		if err := r.Client.Create(ctx, sts); err != nil {
+			if msg, ok := invalid(err); ok {
+				conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionTemplateValid, metav1.ConditionFalse, "InvalidTemplate", msg)
+				return false, nil
+			}
+			return false, fmt.Errorf("creating the StatefulSet of pool %s: %w", pool.Name, err)
+		}
+	} else if err != nil {
+		return false, err
+	}
+	if !metav1.IsControlledBy(sts, pool) {
+		conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionTemplateValid, metav1.ConditionFalse, "StatefulSetNotOwned",
+			fmt.Sprintf("StatefulSet %s exists and is not this pool's: delete or rename it", pool.Name))
+		return false, nil
+	}
+	if err := r.ensureBudget(ctx, pool); err != nil {
+		return false, err
+	}
+
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(pool.Namespace), client.MatchingLabels(Selector(pool.Name))); err != nil {
+		return false, fmt.Errorf("listing pods of pool %s: %w", pool.Name, err)
+	}
+	members, err := r.members(ctx, pool, sts, pods.Items, agents)
+	if err != nil {
+		return false, err
+	}
+	grace := time.Duration(60) * time.Second
+	if a := pool.Spec.Autoscaling; a != nil {
+		grace = time.Duration(a.IdleGraceSeconds) * time.Second
+	}
+	cur := ptrOr(sts.Spec.Replicas, 0)
+	step := nextStep(stepInput{Replicas: cur, Desired: desired, Members: members, Now: now, IdleGrace: grace})
+
+	if err := r.applyDrains(ctx, pool, members, step.Drain); err != nil {
+		return false, err
+	}
+	for _, name := range step.Delete {
+		if err := r.deletePod(ctx, pool.Namespace, name, pods.Items); err != nil {
+			return false, err
+		}
+	}
+	hash := templateHash(tpl)
+	if step.Replicas != cur || sts.Annotations[annotationTemplateHash] != hash {
+		patch := client.MergeFrom(sts.DeepCopy())
+		sts.Spec.Replicas = &step.Replicas
+		sts.Spec.Template = tpl
+		if sts.Annotations == nil {
+			sts.Annotations = map[string]string{}
+		}
+		sts.Annotations[annotationTemplateHash] = hash
+		if err := r.Client.Patch(ctx, sts, patch); err != nil {
+			if msg, ok := invalid(err); ok {
+				conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionTemplateValid, metav1.ConditionFalse, "InvalidTemplate", msg)
+				return false, nil
+			}
+			return false, fmt.Errorf("updating the StatefulSet of pool %s: %w", pool.Name, err)
+		}
+	}
+	conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionTemplateValid, metav1.ConditionTrue, "TemplateValid",
+		"the agent pods are made from this pool's spec")
+
+	st.Replicas, st.UpdatedReplicas = 0, 0
+	for _, m := range members {
+		if m.Failed {
+			continue
+		}
+		st.Replicas++
+		if m.Current {
+			st.UpdatedReplicas++
+		}
+	}
+	st.DrainingAgents = int32(len(step.Drain))
+	rolling := st.UpdatedReplicas < st.Replicas
+	if rolling {
+		conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionRolledOut, metav1.ConditionFalse, "Rolling",
+			fmt.Sprintf("%d of %d agents run the current template; the others are drained and replaced one at a time", st.UpdatedReplicas, st.Replicas))
+	} else {
+		conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionRolledOut, metav1.ConditionTrue, "RolledOut",
+			fmt.Sprintf("all %d agents run the current template", st.Replicas))
+	}
+	return len(step.Drain) > 0 || rolling || step.Replicas != desired, nil
+}
+
+// members pairs the pool's pods with their agents: whether each runs the current template, is
+// ready, registered, drained, and holds or runs builds.
+func (r *Reconciler) members(ctx context.Context, pool *farmv1.AgentPool, sts *appsv1.StatefulSet, pods []corev1.Pod, agents map[string]agentlease.Info) ([]member, error) {
+	p := r.Loop.Planner()
+	var out []member
+	for i := range pods {
+		pod := &pods[i]
+		if !metav1.IsControlledBy(pod, sts) {
+			continue
+		}
+		ord, err := ordinal(pod.Name, sts.Name)
+		if err != nil {
+			continue
+		}
+		m := member{Name: pod.Name, Ordinal: ord, Failed: pod.Status.Phase == corev1.PodFailed,
+			Current: sts.Status.UpdateRevision != "" && pod.Labels[appsv1.ControllerRevisionHashLabelKey] == sts.Status.UpdateRevision}
+		if sts.Status.UpdateRevision == "" {
+			m.Current = true // no revision yet: nothing to roll
+		}
+		for _, c := range pod.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				m.ReadySince = c.LastTransitionTime.Time
+			}
+		}
+		if info, ok := agents[pod.Name]; ok {
+			m.HasLease, m.Drain = true, info.Drain
+			m.Busy = info.FreeSlots < info.Slots
+		}
+		if !m.Busy {
+			var held farmv1.BuildList
+			if err := r.Client.List(ctx, &held, client.InNamespace(pool.Namespace), client.MatchingFields{index.BuildAttemptAgent: pod.Name}); err != nil {
+				return nil, fmt.Errorf("listing the builds agent %s runs: %w", pod.Name, err)
+			}
+			for j := range held.Items {
+				if !held.Items[j].Status.Phase.Finished() {
+					m.Busy = true
+					break
+				}
+			}
+		}
+		m.Quiesced = p.Quiesced(pod.Name)
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// applyDrains sets the drain annotation on the Leases of the agents in drain and removes it from
+// the others (a scale-up can cancel a drain). The agent reconciler reads it and offers the agent
+// nothing more; the agent's renewals keep it.
+func (r *Reconciler) applyDrains(ctx context.Context, pool *farmv1.AgentPool, members []member, drain map[string]string) error {
+	for _, m := range members {
+		want := drain[m.Name]
+		if !m.HasLease || m.Drain == want {
+			continue
+		}
+		l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: m.Name, Namespace: pool.Namespace}}
+		var value any = want
+		if want == "" {
+			value = nil
+		}
+		body := fmt.Sprintf(`{"metadata":{"annotations":{%q:%s}}}`, agentlease.AnnotationDrain, jsonValue(value))
+		if err := r.Client.Patch(ctx, l, client.RawPatch(types.MergePatchType, []byte(body))); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("marking agent %s drain=%q: %w", m.Name, want, err)
+		}
+		ctrl.LoggerFrom(ctx).Info("Agent drain changed", "agent", m.Name, "drain", want)
+	}
+	return nil
+}
+
+// deletePod deletes a drained pod of an older template (the StatefulSet makes it again from the
+// current one); the UID precondition spares a pod of the same name made meanwhile.
+func (r *Reconciler) deletePod(ctx context.Context, ns, name string, pods []corev1.Pod) error {
+	for i := range pods {
+		if pods[i].Name != name || pods[i].DeletionTimestamp != nil {
+			continue
+		}
+		uid := pods[i].UID
+		if err := r.Client.Delete(ctx, &pods[i], client.Preconditions{UID: &uid}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("deleting drained agent pod %s: %w", name, err)
+		}
+		ctrl.LoggerFrom(ctx).Info("Replaced drained agent", "pod", name)
+	}
+	return nil
+}
+
+// ordinal is a StatefulSet pod's index.
+func ordinal(pod, set string) (int, error) {
+	s, ok := strings.CutPrefix(pod, set+"-")
+	if !ok {
+		return 0, fmt.Errorf("pod %s is not of StatefulSet %s", pod, set)
+	}
+	return strconv.Atoi(s)
+}
+
+func ptrOr(p *int32, def int32) int32 {
+	if p == nil {
+		return def
+	}
+	return *p
 }
 
 // poolKey names a pool in the planner; pools of different namespaces are different pools.
 func poolKey(n types.NamespacedName) string { return n.Namespace + "/" + n.Name }
+
+func scalingMessage(conds []metav1.Condition) string {
+	if c := meta.FindStatusCondition(conds, farmv1.AgentPoolConditionScaling); c != nil {
+		return c.Message
+	}
+	return ""
+}

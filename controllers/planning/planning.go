@@ -40,6 +40,9 @@ type Loop struct {
 	Unresolved func(ctx context.Context, drvs []string)
 	// Loading, when set, holds every pass until the model is loaded (it kicks the loop then).
 	Loading *Loading
+	// AfterPlan, when set, is called after each pass (the pools that autoscale look at their
+	// queue again); it must not block.
+	AfterPlan func()
 
 	// planned is set after the first pass over a loaded model: readiness waits for it.
 	planned atomic.Bool
@@ -95,6 +98,9 @@ func (l *Loop) Start(ctx context.Context) error {
 		}
 		next := l.planOnce()
 		l.planned.Store(true)
+		if l.AfterPlan != nil {
+			l.AfterPlan()
+		}
 		if l.Unresolved != nil {
 			if drvs := l.planner.TakeUnresolved(); len(drvs) > 0 {
 				l.Unresolved(ctx, drvs)

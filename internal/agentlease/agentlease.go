@@ -31,6 +31,10 @@ const (
 	// AnnotationUnhealthy says why the agent offers no slots (its daemon is unreachable, the
 	// bucket refuses writes, the store is full); absent while it is healthy.
 	AnnotationUnhealthy = "build.guixfarm.io/unhealthy"
+	// AnnotationDrain, written by the controller (never by the agent), says why the agent is being
+	// drained: it is offered no new builds, keeps those it runs, and goes once idle (scale-down, or
+	// its pod's template changed). The agent's renewals keep it.
+	AnnotationDrain = "build.guixfarm.io/drain"
 	// maxUnhealthy bounds the reason kept on the Lease.
 	maxUnhealthy = 256
 )
@@ -45,6 +49,8 @@ type Info struct {
 	FreeSlots int
 	// Unhealthy, when not empty, says why the agent claims nothing now.
 	Unhealthy string
+	// Drain, when not empty, says why the controller drains the agent (AnnotationDrain).
+	Drain string
 	// Expires is when the Lease lapses unless renewed.
 	Expires time.Time
 }
@@ -108,6 +114,7 @@ func Parse(l *coordinationv1.Lease) (Info, error) {
 		info.Features = strings.Split(f, ",")
 	}
 	info.Unhealthy = l.Annotations[AnnotationUnhealthy]
+	info.Drain = l.Annotations[AnnotationDrain]
 	var err error
 	if info.Slots, err = slots(l, AnnotationSlots); err != nil {
 		return info, err

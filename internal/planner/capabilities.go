@@ -261,3 +261,35 @@ func (p *Planner) RemovePool(name string) {
 	p.groups[gi].pools--
 	p.refreshServable()
 }
+
+// Claimable is the number of builds a pool's agents could claim now: offerable (inputs ready,
+// not deferred, not running) and of a class the pool serves. Autoscaling follows it; a build
+// that two pools could serve counts for both.
+func (p *Planner) Claimable(pool string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gi, ok := p.pools[pool]
+	if !ok {
+		return 0
+	}
+	n := 0
+	for _, c := range p.classes {
+		if int(gi) < len(c.covers) && c.covers[gi] {
+			n += len(c.heap.items)
+		}
+	}
+	return n
+}
+
+// Quiesced reports whether the planner offers an agent no slot and holds no build allocated to
+// it (planned or written): an agent it does not know, or one registered with no slots (draining,
+// unhealthy), gets nothing new. A draining agent may go once quiesced and running nothing.
+func (p *Planner) Quiesced(agent string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.allocs[agent]) > 0 {
+		return false
+	}
+	ai, ok := p.byAgent[agent]
+	return !ok || p.agents[ai].slots == 0
+}
