@@ -50,7 +50,7 @@ type Policy struct {
 // Recommender remembers one pool's recent raw recommendations. Its memory is bounded: a sample
 // older than the window is dropped, and so is one that can no longer be the window's largest (a
 // newer sample at least as large outlives it), so it holds at most min(Max+1, calls within the
-// window) samples. The zero value has no history; NewRecommender starts from the pool's current
+// window) samples, and NewRecommender's starting size while it lasts. The zero value has no history; NewRecommender starts from the pool's current
 // size. Not safe for concurrent use: the reconciler keeps one per pool and reconciles a pool on
 // one goroutine at a time.
 type Recommender struct {
@@ -118,13 +118,6 @@ func (r *Recommender) add(now time.Time, need int32, window time.Duration) {
 		// Copy down rather than reslice, so the backing array does not creep forward and grow.
 		r.window = append(r.window[:0], r.window[drop:]...)
 	}
-}
-
-// Naive is the raw recommendation alone, without stabilization: what a proportional scaler
-// writes. The benchmark compares the Recommender with it; the product does not use it.
-func Naive(claimable, running int, p Policy) int32 {
-	p = p.normalized()
-	return clamp(int32(min(agentsFor(claimable, running, p.SlotsPerAgent), int64(p.Max))), p)
 }
 
 // normalized makes a policy the API's validation would have refused usable: at least one slot

@@ -99,7 +99,7 @@ func TestRecommend(t *testing.T) {
 					t.Fatalf("at %ds, Recommend(%d claimable, %d running) = %d (%s), want %d",
 						s.sec, s.claimable, s.running, got, reason, s.want)
 				}
-				if naive := Naive(s.claimable, s.running, tc.policy); got < naive {
+				if naive := naiveSize(s.claimable, s.running, tc.policy); got < naive {
 					t.Fatalf("at %ds, Recommend = %d, below the raw size %d", s.sec, got, naive)
 				}
 			}

@@ -9,8 +9,8 @@ import (
 )
 
 // The benchmark and its test run a pool through a bursty queue at 1 s steps with a fake clock,
-// once with the Recommender and once with the naive proportional scaler (Naive: the raw size,
-// no window), and count what each costs: scale changes, agent-seconds, queue wait.
+// once with the Recommender and once with the naive proportional scaler (naiveSize: the raw
+// size, no window), and count what each costs: scale changes, agent-seconds, queue wait.
 
 // traceBuild is one build of the trace, in seconds from the trace's start.
 type traceBuild struct {
@@ -78,9 +78,16 @@ func recommender(p Policy) sizer {
 	}
 }
 
-// naive is the proportional scaler the benchmark compares with.
+// naiveSize is what a naive proportional scaler writes: the raw size alone, without a window.
+// The benchmark compares the Recommender with it; the product has no use for it.
+func naiveSize(claimable, running int, p Policy) int32 {
+	p = p.normalized()
+	return clamp(int32(min(agentsFor(claimable, running, p.SlotsPerAgent), int64(p.Max))), p)
+}
+
+// naive is the naive proportional scaler as a sizer.
 func naive(p Policy) sizer {
-	return func(_, claimable, running int) int32 { return Naive(claimable, running, p) }
+	return func(_, claimable, running int) int32 { return naiveSize(claimable, running, p) }
 }
 
 // simAgent is one agent pod.

@@ -43,7 +43,7 @@ func TestSimulateDrainsBusyAgents(t *testing.T) {
 			if now >= sec {
 				return 0
 			}
-			return Naive(claimable, running, f.policy)
+			return naiveSize(claimable, running, f.policy)
 		}
 	}
 	got, err := simulate(trace, 200, f, zeroAt(50))
