@@ -59,6 +59,8 @@ var (
 	daemonPkg      = "./internal/daemon"
 	builderPkg     = "./agent/daemonbuilder"
 	nixCopySmall   = baseline{label: "BenchmarkNixCopy1000Small", bench: "BenchmarkNixCopy1000Small", metric: "items/s"}
+	autoscaleBench = "BenchmarkAutoscaleBurstyTrace"
+	autoscalePkg   = "./internal/autoscale"
 	// agentDirectSmall: the agent publishing with its own credentials and keys (BucketPublisher).
 	agentDirectSmall = baseline{label: "BenchmarkAgentPublish1000Small (direct)", bench: "BenchmarkAgentPublish1000Small", metric: "items/s"}
 )
@@ -149,6 +151,39 @@ var table = []figure{
 		base: baseline{label: "Nix ed25519 verify", ratio: "x_ed25519_verify"}},
 	{name: "narinfo.sign-both", pkg: "./internal/narinfo", bench: "BenchmarkNarinfoSignBoth", metric: "ns/op", unit: "µs/op", scale: nsToUs,
 		base: baseline{label: "Nix-only signing", ratio: "x_nix_only"}},
+
+	// Issue 9's autoscaling on simulated bursty queues, against a naive proportional scaler run on
+	// the same traces (per 10-minute trace; fewer scale changes is better).
+	{name: "autoscale.scale-changes", pkg: autoscalePkg, bench: autoscaleBench, metric: "scale-changes",
+		unit: "changes", scale: 1, base: autoscaleNaive("naive-scale-changes")},
+	{name: "autoscale.agent-seconds", pkg: autoscalePkg, bench: autoscaleBench, metric: "agent-seconds",
+		unit: "agent-s", scale: 1, base: autoscaleNaive("naive-agent-seconds")},
+	{name: "autoscale.mean-wait", pkg: autoscalePkg, bench: autoscaleBench, metric: "mean-wait-s",
+		unit: "s", scale: 1, base: autoscaleNaive("naive-mean-wait-s")},
+	{name: "autoscale.w60.scale-changes", pkg: autoscalePkg, bench: autoscaleBench, metric: "scale-changes-w60",
+		unit: "changes", scale: 1, base: autoscaleNaive("naive-scale-changes")},
+	{name: "autoscale.w60.agent-seconds", pkg: autoscalePkg, bench: autoscaleBench, metric: "agent-seconds-w60",
+		unit: "agent-s", scale: 1, base: autoscaleNaive("naive-agent-seconds")},
+	{name: "autoscale.w60.mean-wait", pkg: autoscalePkg, bench: autoscaleBench, metric: "mean-wait-s-w60",
+		unit: "s", scale: 1, base: autoscaleNaive("naive-mean-wait-s")},
+	{name: "autoscale.light.scale-changes", pkg: autoscalePkg, bench: autoscaleBench, metric: "scale-changes-light",
+		unit: "changes", scale: 1, base: autoscaleNaive("naive-scale-changes-light")},
+	{name: "autoscale.light.agent-seconds", pkg: autoscalePkg, bench: autoscaleBench, metric: "agent-seconds-light",
+		unit: "agent-s", scale: 1, base: autoscaleNaive("naive-agent-seconds-light")},
+	{name: "autoscale.light.mean-wait", pkg: autoscalePkg, bench: autoscaleBench, metric: "mean-wait-s-light",
+		unit: "s", scale: 1, base: autoscaleNaive("naive-mean-wait-s-light")},
+	{name: "autoscale.light.w60.scale-changes", pkg: autoscalePkg, bench: autoscaleBench, metric: "scale-changes-w60-light",
+		unit: "changes", scale: 1, base: autoscaleNaive("naive-scale-changes-light")},
+	{name: "autoscale.light.w60.agent-seconds", pkg: autoscalePkg, bench: autoscaleBench, metric: "agent-seconds-w60-light",
+		unit: "agent-s", scale: 1, base: autoscaleNaive("naive-agent-seconds-light")},
+	{name: "autoscale.light.w60.mean-wait", pkg: autoscalePkg, bench: autoscaleBench, metric: "mean-wait-s-w60-light",
+		unit: "s", scale: 1, base: autoscaleNaive("naive-mean-wait-s-light")},
+}
+
+// autoscaleNaive is the naive proportional scaler's figure of BenchmarkAutoscaleBurstyTrace,
+// run on the same traces.
+func autoscaleNaive(metric string) baseline {
+	return baseline{label: "naive scaler", bench: autoscaleBench, metric: metric}
 }
 
 func main() {

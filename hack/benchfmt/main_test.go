@@ -93,6 +93,7 @@ func TestLine(t *testing.T) {
 			"BenchmarkGuixSign":                    res(map[string]float64{"ns/op": 65400, "x_ed25519_sign": 2.94}),
 			"BenchmarkThroughput":                  res(map[string]float64{"builds/s": 120, "updates/s": 800}),
 			"BenchmarkPublishClosure1GiB":          res(map[string]float64{"MB/s": 300}),
+			"BenchmarkAutoscaleBurstyTrace":        res(map[string]float64{"scale-changes": 1.4, "naive-scale-changes": 13.5}),
 		},
 		skipped: map[string]string{"BenchmarkNixCopy1GiB": "skipped: no nix-daemon"},
 		failed:  map[string]bool{"BenchmarkEtcdBytesPerBuild": true},
@@ -129,6 +130,10 @@ func TestLine(t *testing.T) {
 		"a published reference": {
 			figure: byName["throughput.vs-kueue"],
 			want:   "throughput.vs-kueue 120 builds/s (kueue published, other hardware 43 admissions/s, ratio 2.79)",
+		},
+		"a baseline metric of the same benchmark, in the figure's unit": {
+			figure: byName["autoscale.scale-changes"],
+			want:   "autoscale.scale-changes 1.4 changes (naive scaler 13.5 changes, ratio 0.104)",
 		},
 		"baseline skipped": {
 			figure: byName["publish.speed"],
