@@ -67,9 +67,9 @@ type DaemonSpec struct {
 
 // Autoscaling sizes the pool from its queue.
 type Autoscaling struct {
-	// Enabled lets the controller set spec.replicas from the builds the pool's agents could claim:
-	// min(maxReplicas, max(minReplicas, ceil(claimable / maxParallelBuilds))). Off, spec.replicas
-	// is the user's (kubectl scale) or an HPA's.
+	// Enabled lets the controller set spec.replicas from the builds the pool's agents could claim
+	// and those they run: min(maxReplicas (default 100), max(minReplicas, ceil((claimable +
+	// running) / maxParallelBuilds))). Off, spec.replicas is the user's (kubectl scale) or an HPA's.
 	// +optional
 	Enabled bool `json:"enabled,omitempty"`
 

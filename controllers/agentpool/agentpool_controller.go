@@ -46,8 +46,6 @@ const StatusInterval = 15 * time.Second
 // agent's last build ending moves no pod and no pool.
 const busyRecheck = 2 * time.Second
 
-// unboundedMax stands for an unset spec.maxReplicas in autoscaling.
-const unboundedMax = 1000
 
 // Reconciler reconciles AgentPools.
 type Reconciler struct {
@@ -225,17 +223,18 @@ func (r *Reconciler) size(ctx context.Context, pool *farmv1.AgentPool, claimable
 	cur := ptrOr(pool.Spec.Replicas, 1)
 	a := pool.Spec.Autoscaling
 	if a == nil || !a.Enabled {
+		r.forgetRecommender(client.ObjectKeyFromObject(pool))
 		conditions.Set(&pool.Status.Conditions, pool.Generation, now, farmv1.AgentPoolConditionScaling, metav1.ConditionFalse, "Manual",
 			fmt.Sprintf("spec.replicas (%d) is set by kubectl scale or an HPA: spec.autoscaling.enabled is false", cur))
 		return cur, false, nil
 	}
 	pol := autoscale.Policy{
 		Min:           ptrOr(pool.Spec.MinReplicas, 0),
-		Max:           ptrOr(pool.Spec.MaxReplicas, unboundedMax),
+		Max:           ptrOr(pool.Spec.MaxReplicas, autoscale.DefaultMax),
 		SlotsPerAgent: max(pool.Spec.MaxParallelBuilds, 1),
 		Window:        time.Duration(a.StabilizationWindowSeconds) * time.Second,
 	}
-	want, why := r.recommenderOf(client.ObjectKeyFromObject(pool)).Recommend(now, claimable, running, pol)
+	want, why := r.recommenderOf(client.ObjectKeyFromObject(pool), now, cur).Recommend(now, claimable, running, pol)
 	conditions.Set(&pool.Status.Conditions, pool.Generation, now, farmv1.AgentPoolConditionScaling, metav1.ConditionTrue, "Autoscaling",
 		fmt.Sprintf("%d agents for %d claimable and %d running builds: %s", want, claimable, running, why))
 	if want == cur {
@@ -252,7 +251,9 @@ func (r *Reconciler) size(ctx context.Context, pool *farmv1.AgentPool, claimable
 	return want, true, nil
 }
 
-func (r *Reconciler) recommenderOf(k types.NamespacedName) *autoscale.Recommender {
+// recommenderOf is the pool's recommender; a new one starts its window from the pool's current
+// size, so a controller restart does not shrink a pool at once.
+func (r *Reconciler) recommenderOf(k types.NamespacedName, now time.Time, size int32) *autoscale.Recommender {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.recommender == nil {
@@ -260,7 +261,7 @@ func (r *Reconciler) recommenderOf(k types.NamespacedName) *autoscale.Recommende
 	}
 	rec := r.recommender[k]
 	if rec == nil {
-		rec = &autoscale.Recommender{}
+		rec = autoscale.NewRecommender(now, size)
 		r.recommender[k] = rec
 	}
 	return rec
