@@ -61,9 +61,12 @@ type Options struct {
 	// here from the manager and Facts.
 	Publisher     *publishing.Options
 	PublisherAddr string
-	Clock         clock.Clock
-	Metrics       *metrics.Metrics
-	Log           logr.Logger
+	// AgentPods make the pools' agent pods; with no AgentImage, no pods are made and pools report
+	// on agents started elsewhere.
+	AgentPods agentpool.Defaults
+	Clock     clock.Clock
+	Metrics   *metrics.Metrics
+	Log       logr.Logger
 }
 
 // Farm is what Setup wired: the planning loop (whose planner tests reach) and the availability
@@ -185,7 +188,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	if err := ar.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agent controller: %w", err)
 	}
-	pr := &agentpool.Reconciler{Client: mgr.GetClient(), Loop: loop, Clock: o.Clock}
+	pr := &agentpool.Reconciler{Client: mgr.GetClient(), Loop: loop, Clock: o.Clock, Defaults: o.AgentPods,
+		Recorder: mgr.GetEventRecorder("guix-farm")}
 	if err := pr.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agentpool controller: %w", err)
 	}
@@ -281,8 +285,12 @@ func outputPaths(f builds.FactsSource) availability.Outputs {
 // RBAC of the controller (config/rbac/controller is generated from these).
 // +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups=build.guixfarm.io,resources=builds/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=build.guixfarm.io,resources=agentpools,verbs=get;list;watch
+// +kubebuilder:rbac:groups=build.guixfarm.io,resources=agentpools,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=apps,resources=statefulsets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=build.guixfarm.io,resources=agentpools/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch

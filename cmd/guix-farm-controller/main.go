@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
@@ -25,6 +27,7 @@ import (
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
 	"github.com/guixfarm/guix-farm/controllers/builds"
+	"github.com/guixfarm/guix-farm/internal/agentlease"
 	"github.com/guixfarm/guix-farm/internal/bucket"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
 	"github.com/guixfarm/guix-farm/internal/gc"
@@ -70,6 +73,7 @@ func run() error {
 		bcfg                                  bucket.Config
 		gcf                                   gcFlags
 		pf                                    publisherFlags
+		apf                                   agentPodFlags
 	)
 	flag.StringVar(&namespace, "namespace", os.Getenv("WATCH_NAMESPACE"), "namespace of Builds, AgentPools and agent Leases; empty watches all")
 	flag.StringVar(&strategy, "strategy", string(planner.Basic), "allocation strategy: basic or derivation-ordered")
@@ -88,6 +92,7 @@ func run() error {
 	flag.StringVar(&bcfg.Bucket, "bucket", "", "the bucket that serves substitutes; the controller reads .drv files and output availability from it")
 	gcf.bind(flag.CommandLine)
 	pf.bind(flag.CommandLine)
+	apf.bind(flag.CommandLine)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one replica")
@@ -121,6 +126,10 @@ func run() error {
 	if err := pf.check(bcfg); err != nil {
 		return err
 	}
+	var err error
+	if o.AgentPods, err = apf.defaults(); err != nil {
+		return err
+	}
 	switch {
 	case drvDir != "":
 		o.Facts = drvsource.NewFactsCache(drvsource.NewDir(drvDir, storepath.Dir(storeDir)), factsCacheSize)
@@ -137,7 +146,13 @@ func run() error {
 	if err := farmv1.AddToScheme(scheme); err != nil {
 		return err
 	}
-	copts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	poolPods, err := labels.NewRequirement(agentlease.LabelPool, selection.Exists, nil)
+	if err != nil {
+		return err
+	}
+	copts := cache.Options{DefaultTransform: cache.TransformStripManagedFields(),
+		// Only the pools' own pods are cached, not every pod of the cluster.
+		ByObject: map[client.Object]cache.ByObject{&corev1.Pod{}: {Label: labels.NewSelector().Add(*poolPods)}}}
 	if namespace != "" {
 		copts.DefaultNamespaces = map[string]cache.Config{namespace: {}}
 	}
