@@ -27,6 +27,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
+	"github.com/guixfarm/guix-farm/controllers/agentpool"
 	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/drvsource"
@@ -144,6 +145,8 @@ type ControllerOptions struct {
 	// Publisher, when set, is the publisher service the controller serves at PublisherAddr.
 	Publisher     *publishing.Options
 	PublisherAddr string
+	// AgentPods, with an AgentImage, makes the controller run pools as StatefulSets.
+	AgentPods agentpool.Defaults
 }
 
 // StartController runs the farm's controllers in-process, watching namespace, reading .drv files
@@ -240,6 +243,7 @@ func (c *Controller) Start() {
 		Strategy: o.Strategy, Facts: facts, Bucket: o.Bucket,
 		BuildTTL: o.BuildTTL, PlanDebounce: 10 * time.Millisecond, BuildWorkers: 16, AgentGrace: 500 * time.Millisecond,
 		Clock: clock.RealClock{}, Metrics: m, Log: log, Publisher: o.Publisher, PublisherAddr: o.PublisherAddr,
+		AgentPods: o.AgentPods,
 	})
 	if err != nil {
 		cancel()
