@@ -46,7 +46,6 @@ const StatusInterval = 15 * time.Second
 // agent's last build ending moves no pod and no pool.
 const busyRecheck = 2 * time.Second
 
-
 // Reconciler reconciles AgentPools.
 type Reconciler struct {
 	Client client.Client

@@ -49,14 +49,14 @@ type Defaults struct {
 // controller's --system-arch flag overrides entries.
 func DefaultSystemArch() map[string]string {
 	return map[string]string{
-	"x86_64-linux":      "amd64",
-	"i686-linux":        "amd64",
-	"aarch64-linux":     "arm64",
-	"armhf-linux":       "arm",
-	"powerpc64le-linux": "ppc64le",
-	"riscv64-linux":     "riscv64",
-	"mips64el-linux":    "mips64le",
-	"s390x-linux":       "s390x",
+		"x86_64-linux":      "amd64",
+		"i686-linux":        "amd64",
+		"aarch64-linux":     "arm64",
+		"armhf-linux":       "arm",
+		"powerpc64le-linux": "ppc64le",
+		"riscv64-linux":     "riscv64",
+		"mips64el-linux":    "mips64le",
+		"s390x-linux":       "s390x",
 	}
 }
 
