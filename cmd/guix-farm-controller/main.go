@@ -26,6 +26,7 @@ import (
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/controllers"
+	"github.com/guixfarm/guix-farm/controllers/agentpool"
 	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/internal/agentlease"
 	"github.com/guixfarm/guix-farm/internal/bucket"
@@ -73,7 +74,7 @@ func run() error {
 		bcfg                                  bucket.Config
 		gcf                                   gcFlags
 		pf                                    publisherFlags
-		apf                                   agentPodFlags
+		apf                                   agentpool.Flags
 	)
 	flag.StringVar(&namespace, "namespace", os.Getenv("WATCH_NAMESPACE"), "namespace of Builds, AgentPools and agent Leases; empty watches all")
 	flag.StringVar(&strategy, "strategy", string(planner.Basic), "allocation strategy: basic or derivation-ordered")
@@ -92,7 +93,7 @@ func run() error {
 	flag.StringVar(&bcfg.Bucket, "bucket", "", "the bucket that serves substitutes; the controller reads .drv files and output availability from it")
 	gcf.bind(flag.CommandLine)
 	pf.bind(flag.CommandLine)
-	apf.bind(flag.CommandLine)
+	apf.Bind(flag.CommandLine)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one replica")
@@ -127,7 +128,7 @@ func run() error {
 		return err
 	}
 	var err error
-	if o.AgentPods, err = apf.defaults(); err != nil {
+	if o.AgentPods, err = apf.Defaults(); err != nil {
 		return err
 	}
 	switch {

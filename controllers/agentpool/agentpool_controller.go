@@ -277,7 +277,7 @@ func (r *Reconciler) forgetRecommender(k types.NamespacedName) {
 // the pod counts of the status. busy says a drain or a roll is under way.
 func (r *Reconciler) runPods(ctx context.Context, pool *farmv1.AgentPool, desired int32, agents map[string]agentlease.Info, now time.Time) (bool, error) {
 	st := &pool.Status
-	tpl, ferr := podTemplate(pool, r.Defaults)
+	tpl, ferr := PodTemplate(pool, r.Defaults)
 	if ferr != nil {
 		conditions.Set(&st.Conditions, pool.Generation, now, farmv1.AgentPoolConditionTemplateValid, metav1.ConditionFalse, "InvalidTemplate", ferr.Error())
 		return false, nil

@@ -46,9 +46,9 @@ func Selector(pool string) map[string]string { return map[string]string{agentlea
 // daemonConfigName is the pool's daemon ConfigMap.
 func daemonConfigName(pool string) string { return pool + "-daemon" }
 
-// podTemplate makes the pool's agent pod from its spec and the farm's defaults. An error names
+// PodTemplate makes the pool's agent pod from its spec and the farm's defaults. An error names
 // the field of the pool to fix; nothing is created from a pool that gives one.
-func podTemplate(pool *farmv1.AgentPool, d Defaults) (corev1.PodTemplateSpec, *field.Error) {
+func PodTemplate(pool *farmv1.AgentPool, d Defaults) (corev1.PodTemplateSpec, *field.Error) {
 	tplPath := field.NewPath("spec", "template")
 	var t corev1.PodTemplateSpec
 	if pool.Spec.Template != nil {

@@ -31,7 +31,7 @@ func container(cs []corev1.Container, name string) *corev1.Container {
 }
 
 func TestPodTemplateSharesStoreAndSocket(t *testing.T) {
-	tpl, err := podTemplate(testPool("aarch64-linux"), testDefaults())
+	tpl, err := PodTemplate(testPool("aarch64-linux"), testDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestPodTemplateSharesStoreAndSocket(t *testing.T) {
 func TestPodTemplateUserNamespace(t *testing.T) {
 	p := testPool("x86_64-linux", "i686-linux")
 	p.Spec.Isolation = farmv1.IsolationUserNamespace
-	tpl, err := podTemplate(p, testDefaults())
+	tpl, err := PodTemplate(p, testDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestPodTemplateMergesTemplate(t *testing.T) {
 			Volumes: []corev1.Volume{{Name: "extra"}},
 		},
 	}
-	tpl, err := podTemplate(p, testDefaults())
+	tpl, err := PodTemplate(p, testDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestPodTemplateErrorsNameTheField(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p, d := testPool("aarch64-linux"), testDefaults()
 			tc.mod(p, &d)
-			_, err := podTemplate(p, d)
+			_, err := PodTemplate(p, d)
 			if err == nil || err.Field != tc.field {
 				t.Fatalf("error %v: want one naming %s", err, tc.field)
 			}

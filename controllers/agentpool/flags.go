@@ -1,4 +1,4 @@
-package main
+package agentpool
 
 import (
 	"flag"
@@ -6,19 +6,20 @@ import (
 	"os"
 	"strings"
 
-	"github.com/guixfarm/guix-farm/controllers/agentpool"
 	"github.com/guixfarm/guix-farm/internal/cli"
 )
 
-// agentPodFlags are the farm-wide settings of the pods the controller makes for AgentPools
-// (docs/agentpools.md); without --agent-image it makes none.
-type agentPodFlags struct {
-	d                                             agentpool.Defaults
+// Flags are the controller's flags for the farm-wide settings of the pods it makes for AgentPools
+// (docs/agentpools.md); without --agent-image it makes none. The chart's tests read the rendered
+// controller's flags through them, as the controller does.
+type Flags struct {
+	d                                             Defaults
 	agentArgs, trusted, daemonArgs, urls, keyFile string
 	systemArch                                    string
 }
 
-func (f *agentPodFlags) bind(fs *flag.FlagSet) {
+// Bind registers the flags on fs.
+func (f *Flags) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.d.AgentImage, "agent-image", "", "image of the agents the controller runs for AgentPools (a StatefulSet per pool); empty: no pods are made and pools report on agents started elsewhere")
 	fs.StringVar(&f.agentArgs, "agent-args", "", "comma-separated arguments added to every agent's (e.g. --lease-duration=1m)")
 	fs.StringVar(&f.d.ServiceAccount, "agent-service-account", "", "ServiceAccount of the agent pods (the chart's least-privilege agent account)")
@@ -35,8 +36,8 @@ func (f *agentPodFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.d.StoreClass, "agent-store-class", "", "storage class of the agents' store claims (empty: the cluster's default)")
 }
 
-// defaults reads the files and lists the flags name.
-func (f *agentPodFlags) defaults() (agentpool.Defaults, error) {
+// Defaults reads the files and lists the flags name.
+func (f *Flags) Defaults() (Defaults, error) {
 	d := f.d
 	d.AgentArgs = cli.SplitList(f.agentArgs)
 	d.TrustedPublicKeys = cli.SplitList(f.trusted)
@@ -54,11 +55,8 @@ func (f *agentPodFlags) defaults() (agentpool.Defaults, error) {
 		}
 	}
 	var err error
-	if d.SystemArch, err = agentpool.ParseSystemArch(f.systemArch); err != nil {
+	if d.SystemArch, err = ParseSystemArch(f.systemArch); err != nil {
 		return d, err
-	}
-	if d.AgentImage != "" && d.PublisherURL == "" {
-		return d, fmt.Errorf("--agent-image needs --agent-publisher-url: agent pods publish through the controller and hold no keys")
 	}
 	return d, nil
 }
