@@ -49,7 +49,7 @@ bench ./internal/autoscale '^BenchmarkAutoscaleBurstyTrace$' 1x
 bench ./internal/signing '^(BenchmarkGuixSign|BenchmarkGuixVerify)$' 200x
 bench ./internal/narinfo '^BenchmarkNarinfoSignBoth$' 200x
 # One op each: 500 Builds through a real apiserver; an etcd read; 1 GiB closures.
-bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild|BenchmarkSampleDAGFarm|BenchmarkBucketLookups10k)$' 1x 20m
+bench ./test/integration '^(BenchmarkThroughput|BenchmarkEtcdBytesPerBuild|BenchmarkSampleDAGFarm|BenchmarkBucketLookups10k|BenchmarkAutoscaleFirstScale)$' 1x 20m
 # The cold start and warm restart of a 10,000-Build queue with agents waiting (issue 11);
 # GUIXFARM_RESTART_BUILDS=100000 for a distribution's queue (about 15 minutes more).
 bench ./test/integration '^BenchmarkControllerRestart$' 1x 40m

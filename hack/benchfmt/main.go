@@ -154,6 +154,11 @@ var table = []figure{
 
 	// Issue 9's autoscaling on simulated bursty queues, against a naive proportional scaler run on
 	// the same traces (per 10-minute trace; fewer scale changes is better).
+	// Issue 9: from 50 Builds queued to the pool's desired size written, through a real apiserver.
+	{name: "autoscale.first-scale", pkg: integrationPkg, bench: "BenchmarkAutoscaleFirstScale", metric: "scale-s", unit: "s",
+		scale: 1, base: baseline{label: "the 50 Builds' facts written", bench: "BenchmarkAutoscaleFirstScale", metric: "facts-s"}},
+	{name: "autoscale.first-scale.writes", pkg: integrationPkg, bench: "BenchmarkAutoscaleFirstScale", metric: "size-writes",
+		unit: "writes", scale: 1, base: baseline{label: "target", value: 1}},
 	{name: "autoscale.scale-changes", pkg: autoscalePkg, bench: autoscaleBench, metric: "scale-changes",
 		unit: "changes", scale: 1, base: autoscaleNaive("naive-scale-changes")},
 	{name: "autoscale.agent-seconds", pkg: autoscalePkg, bench: autoscaleBench, metric: "agent-seconds",
