@@ -85,3 +85,52 @@ The rules of a generated ClusterRole, read from the chart's copy of config/rbac/
 {{- define "guix-farm.publisher.tokenDir" -}}
 /var/run/secrets/guixfarm.io/publisher
 {{- end }}
+
+{{/*
+The bucket's anonymous URL, where clients and the agents' daemons substitute from:
+agent.bucketURL, or <controller.bucket.endpoint>/<controller.bucket.name> (http:// when the
+endpoint has no scheme); empty without a bucket.
+*/}}
+{{- define "guix-farm.bucketURL" -}}
+{{- $b := .Values.controller.bucket }}
+{{- if .Values.agent.bucketURL }}
+{{- .Values.agent.bucketURL }}
+{{- else if $b.name }}
+{{- printf "%s/%s" (ternary $b.endpoint (printf "http://%s" $b.endpoint) (contains "://" $b.endpoint)) $b.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the controller makes agent pods for AgentPools (--agent-image): always with the test
+builder, and with the daemon builder only when it can publish, through the publisher service.
+A daemon agent without it would hold the bucket's credentials or fail: the chart runs neither.
+*/}}
+{{- define "guix-farm.agentPods" -}}
+{{- if not (has .Values.agent.builder (list "daemon" "test")) }}
+{{- fail (printf "agent.builder %q: want daemon (builds through the daemon sidecar) or test (sleeps)" (toString .Values.agent.builder)) }}
+{{- end }}
+{{- if or (eq .Values.agent.builder "test") .Values.controller.publisher.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+A list value as one comma-separated flag value (the controller splits it at commas), refusing
+items that hold a comma. Call with (dict "name" "agent.extraArgs" "list" .Values.agent.extraArgs).
+*/}}
+{{- define "guix-farm.commaList" -}}
+{{- range $i, $v := .list }}
+{{- if contains "," (toString $v) }}
+{{- fail (printf "%s[%d] %q holds a comma, which the controller's flag splits at: give one value without commas" $.name $i (toString $v)) }}
+{{- end }}
+{{- end }}
+{{- join "," .list }}
+{{- end }}
+
+{{/* The ConfigMap of the Guix public keys the agents' daemons accept (agent.daemon.authorizedKeys). */}}
+{{- define "guix-farm.daemonKeys.name" -}}
+{{- printf "%s-daemon-keys" (include "guix-farm.fullname" .) }}
+{{- end }}
+
+{{/* Where the controller reads those keys (--daemon-authorized-keys). */}}
+{{- define "guix-farm.daemonKeys.dir" -}}
+/etc/guix-farm/daemon-keys
+{{- end }}
