@@ -33,6 +33,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers/agentpool"
 	"github.com/guixfarm/guix-farm/test/testbed"
 )
 
@@ -44,8 +45,9 @@ func root() string {
 
 var (
 	chartDir = filepath.Join(root(), "charts", "guix-farm")
-	// poolValues exercises every template: two AgentPools (one with its own pod template), the bucket,
-	// leader election and a cluster-wide watch.
+	// poolValues exercises every template: two AgentPools (one with its own pod template, isolation,
+	// daemon and autoscaling), every agent-pod setting, the bucket, leader election and a
+	// cluster-wide watch.
 	poolValues = `
 controller:
   replicas: 2
@@ -53,6 +55,14 @@ controller:
   buildTTL: 1h
   watchAllNamespaces: true
   bucket: {endpoint: "http://minio.guix-farm:9000", name: farm-cache, credentialsSecret: farm-s3, gc: {interval: 6h}}
+agent:
+  builder: test
+  extraArgs: [--lease-duration=1m]
+  daemon:
+    substituteURLs: [https://bordeaux.guix.gnu.org]
+    authorizedKeys: ["(public-key (ecc (curve Ed25519) (q #0A#)))", "(public-key (ecc (curve Ed25519) (q #0B#)))"]
+  systemArch: {riscv64-linux: arm64}
+  store: {size: 50Gi, storageClassName: fast}
 agentPools:
 - name: x86-64
   systems: [x86_64-linux, i686-linux]
@@ -61,13 +71,29 @@ agentPools:
   minReplicas: 0
   maxReplicas: 4
   maxParallelBuilds: 2
+  nodeSelector: {node.kubernetes.io/instance-type: c7i.4xlarge}
+  tolerations: [{key: builds, operator: Exists, effect: NoSchedule}]
+  resources: {daemon: {requests: {cpu: "4", memory: 8Gi}}}
 - name: custom
   systems: [aarch64-linux]
+  isolation: UserNamespace
+  daemon: {args: [--cores=4]}
+  autoscaling: {enabled: true, stabilizationWindowSeconds: 60}
   template:
+    metadata: {labels: {team: arm}}
     spec:
       containers: [{name: agent, image: example.org/agent:1}]
+      initContainers: [{name: daemon, env: [{name: GUIX_LOCPATH, value: /run/locale}]}]
 `
 )
+
+// agentFlags are the agent-pod flags of the controller rendered from poolValues.
+var agentFlags = []string{"--agent-image=ghcr.io/guixfarm/guix-farm-agent:v0.1.0", "--agent-service-account=guix-farm-agent",
+	"--agent-args=--lease-duration=1m,--builder=test", "--agent-bucket-url=http://minio.guix-farm:9000/farm-cache",
+	"--daemon-image=ghcr.io/guixfarm/guix-daemon:1.4.0", "--daemon-args=--build-users-group=guixbuild",
+	"--daemon-substitute-urls=https://bordeaux.guix.gnu.org",
+	"--daemon-authorized-keys=/etc/guix-farm/daemon-keys/key-0,/etc/guix-farm/daemon-keys/key-1",
+	"--system-arch=riscv64-linux=arm64", "--agent-store-size=50Gi", "--agent-store-class=fast"}
 
 // helm runs the pinned helm with its state under a temporary directory.
 type helm struct {
@@ -200,10 +226,10 @@ func TestTemplateFlags(t *testing.T) {
 		},
 		"pools, bucket, cluster-wide, two replicas": {
 			values: poolValues,
-			wantArgs: []string{"--namespace=", "--agent-namespace=guix-farm", "--strategy=derivation-ordered", "--build-ttl=1h", "--drv-dir=/gnu/store",
+			wantArgs: slices.Concat([]string{"--namespace=", "--agent-namespace=guix-farm", "--strategy=derivation-ordered", "--build-ttl=1h", "--drv-dir=/gnu/store",
 				"--store-dir=/gnu/store", "--bucket-endpoint=http://minio.guix-farm:9000", "--bucket=farm-cache",
-				"--gc-interval=6h", "--gc-policy=orphans", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
-				"--leader-elect=true", "--zap-log-level=info"},
+				"--gc-interval=6h", "--gc-policy=orphans"}, agentFlags, []string{"--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+				"--leader-elect=true", "--zap-log-level=info"}),
 			wantBindKind: "ClusterRoleBinding",
 			wantPools:    []string{"custom", "x86-64"},
 		},
@@ -245,13 +271,10 @@ func TestTemplateFlags(t *testing.T) {
 				t.Errorf("controller binding: roleRef %q, subjects %+v", b.RoleRef.Name, b.Subjects)
 			}
 			var pools []string
-			for _, o := range objs {
-				if o.GetKind() == "AgentPool" {
-					p := find[farmv1.AgentPool](t, objs, "AgentPool", o.GetName())
-					if p.Spec.Template == nil || p.Spec.Template.Spec.ServiceAccountName != "guix-farm-agent" {
-						t.Errorf("AgentPool %s: pod template does not run as guix-farm-agent: %+v", p.Name, p.Spec.Template)
-					}
-					pools = append(pools, o.GetName())
+			if c.wantPools != nil {
+				for name, pod := range agentPods(t, objs) {
+					checkAgentPod(t, name, pod, "farm-s3")
+					pools = append(pools, name)
 				}
 			}
 			slices.Sort(pools)
@@ -259,6 +282,63 @@ func TestTemplateFlags(t *testing.T) {
 				t.Errorf("AgentPools (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestAgentPoolPods: an agentPools entry's settings reach the pod the controller makes for it.
+func TestAgentPoolPods(t *testing.T) {
+	h := newHelm(t)
+	pods := agentPods(t, h.render(t, "guix-farm", poolValues))
+	x86, arm := pods["x86-64"].Spec, pods["custom"]
+	daemon := container(x86.InitContainers, agentpool.DaemonContainer)
+	checks := map[string]struct{ got, want any }{
+		"x86-64 architecture":         {x86.NodeSelector["kubernetes.io/arch"], "amd64"},
+		"x86-64 nodeSelector":         {x86.NodeSelector["node.kubernetes.io/instance-type"], "c7i.4xlarge"},
+		"x86-64 tolerations":          {len(x86.Tolerations), 1},
+		"x86-64 daemon cpu request":   {daemon.Resources.Requests.Cpu().String(), "4"},
+		"x86-64 agent's default cpu":  {container(x86.Containers, agentpool.AgentContainer).Resources.Requests.Cpu().String(), "100m"},
+		"x86-64 daemon's pull policy": {daemon.ImagePullPolicy, corev1.PullIfNotPresent},
+		"custom architecture":         {arm.Spec.NodeSelector["kubernetes.io/arch"], "arm64"},
+		"custom user namespace":       {arm.Spec.HostUsers != nil && !*arm.Spec.HostUsers, true},
+		"custom label":                {arm.Labels["team"], "arm"},
+		"custom agent image":          {container(arm.Spec.Containers, agentpool.AgentContainer).Image, "example.org/agent:1"},
+		"custom daemon args":          {slices.Contains(container(arm.Spec.InitContainers, agentpool.DaemonContainer).Args, "--cores=4"), true},
+	}
+	for what, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: %v, want %v", what, c.got, c.want)
+		}
+	}
+}
+
+// TestTemplateServiceMonitor: the optional ServiceMonitor selects the metrics Service, and not the
+// publisher's, which selects the same pods.
+func TestTemplateServiceMonitor(t *testing.T) {
+	h := newHelm(t)
+	objs := h.render(t, "guix-farm", "{}", "controller.metrics.serviceMonitor.enabled=true", "controller.metrics.serviceMonitor.labels.release=prom")
+	var sm *unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "ServiceMonitor" {
+			sm = o
+		}
+	}
+	if sm == nil || sm.GetAPIVersion() != "monitoring.coreos.com/v1" || sm.GetLabels()["release"] != "prom" {
+		t.Fatalf("no monitoring.coreos.com/v1 ServiceMonitor labelled release=prom rendered: %v", sm)
+	}
+	sel, _, _ := unstructured.NestedStringMap(sm.Object, "spec", "selector", "matchLabels")
+	svc := find[corev1.Service](t, objs, "Service", "guix-farm-controller-metrics")
+	for k, v := range sel {
+		if svc.Labels[k] != v {
+			t.Errorf("the ServiceMonitor selects %s=%s; the metrics Service has labels %v", k, v, svc.Labels)
+		}
+	}
+	if sel["app.kubernetes.io/component"] != "metrics" {
+		t.Errorf("the ServiceMonitor's selector %v would also select the publisher Service", sel)
+	}
+	for _, o := range h.render(t, "guix-farm", "{}") {
+		if o.GetKind() == "ServiceMonitor" {
+			t.Error("a ServiceMonitor is rendered by default: it needs the Prometheus Operator's CRDs")
+		}
 	}
 }
 
@@ -352,8 +432,10 @@ func TestInstall(t *testing.T) {
 	ctx := context.Background()
 	const ns = "guix-farm" // the namespace of config/samples
 
-	out := api.install(t, h, ns, "agentPools:\n- {name: helm-x86-64, systems: [x86_64-linux], replicas: 1}\n")
-	if !strings.Contains(out, "STATUS: deployed") || !strings.Contains(out, "kubectl -n guix-farm get builds -w") {
+	// The apiserver validates the rendered AgentPools, every field of poolValues' included.
+	out := api.install(t, h, ns, poolValues+"- {name: helm-x86-64, systems: [x86_64-linux], replicas: 1}\n")
+	if !strings.Contains(out, "STATUS: deployed") || !strings.Contains(out, "kubectl -n guix-farm get builds -w") ||
+		!strings.Contains(out, "kubectl -n guix-farm get agentpools") || !strings.Contains(out, "--substitute-urls='http://minio.guix-farm:9000/farm-cache") {
 		t.Errorf("helm install output lacks the status or the NOTES:\n%s", out)
 	}
 	d := &appsv1.Deployment{}
@@ -367,7 +449,7 @@ func TestInstall(t *testing.T) {
 			"*v1.ServiceAccount":  {Namespace: ns, Name: "guix-farm-agent"},
 			"*v1.Service":         {Namespace: ns, Name: "guix-farm-controller-metrics"},
 			"*v1.ClusterRole":     {Name: "guix-farm-agent"},
-			"*v1.RoleBinding":     {Namespace: ns, Name: "guix-farm-controller"},
+			"*v1.RoleBinding":     {Namespace: ns, Name: "guix-farm-agent"},
 			"*v1alpha1.AgentPool": {Namespace: ns, Name: "helm-x86-64"},
 		}[fmt.Sprintf("%T", o)]
 		if err := c.Get(ctx, key, o); err != nil {

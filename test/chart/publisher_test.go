@@ -10,7 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 
-	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers/agentpool"
 )
 
 // publisherValues: agents building through their daemons, publishing through the controller's
@@ -22,6 +22,7 @@ controller:
 agent:
   builder: daemon
   trustedPublicKeys: ["farm-1:AAAA"]
+  daemon: {authorizedKeys: ["(public-key (ecc (curve Ed25519) (q #0A#)))"]}
 agentPools:
 - {name: x86-64, systems: [x86_64-linux], maxParallelBuilds: 2}
 - {name: arm, systems: [aarch64-linux]}
@@ -72,8 +73,8 @@ func secretsIn(p corev1.PodSpec, names ...string) []string {
 	return found
 }
 
-// TestAgentPodsHoldNoKeys: the chart's AgentPool pods (every pool's pod template) mount no signing
-// key and no bucket credential, by no path (Secret volumes, projected Secrets, env, envFrom,
+// TestAgentPodsHoldNoKeys: the pods the controller makes for the chart's AgentPools (from its
+// rendered flags, with agentpool.PodTemplate) mount no signing key and no bucket credential, by no path (Secret volumes, projected Secrets, env, envFrom,
 // arguments); they publish through the publisher Service with a token projected for its audience.
 // The controller Deployment holds both, and serves the publisher.
 func TestAgentPodsHoldNoKeys(t *testing.T) {
@@ -83,23 +84,16 @@ func TestAgentPodsHoldNoKeys(t *testing.T) {
 		t.Errorf("helm lint with the publisher: %v\n%s", err, out)
 	}
 	objs := h.render(t, "guix-farm", publisherValues)
-	pools := 0
-	for _, o := range objs {
-		if o.GetKind() != "AgentPool" {
-			continue
-		}
-		pools++
-		p := find[farmv1.AgentPool](t, objs, "AgentPool", o.GetName())
-		spec := p.Spec.Template.Spec
-		if found := secretsIn(spec, "farm-s3", "farm-signing"); len(found) > 0 {
-			t.Errorf("AgentPool %s's pod holds keys or credentials:\n  %s", p.Name, strings.Join(found, "\n  "))
-		}
-		agent := spec.Containers[0]
+	pods := agentPods(t, objs)
+	for name, pod := range pods {
+		checkAgentPod(t, name, pod, "farm-s3", "farm-signing")
+		spec := pod.Spec
+		agent := container(spec.Containers, agentpool.AgentContainer)
 		for _, want := range []string{"--builder=daemon", "--publisher-url=http://guix-farm-publisher.guix-farm.svc:8082",
 			"--publisher-token-file=/var/run/secrets/guixfarm.io/publisher/token", "--bucket-url=http://minio.guix-farm:9000/farm-cache",
 			"--trusted-public-keys=farm-1:AAAA"} {
 			if !slices.Contains(agent.Args, want) {
-				t.Errorf("AgentPool %s: agent args %q lack %s", p.Name, agent.Args, want)
+				t.Errorf("AgentPool %s: agent args %q lack %s", name, agent.Args, want)
 			}
 		}
 		var token *corev1.ServiceAccountTokenProjection
@@ -113,11 +107,11 @@ func TestAgentPodsHoldNoKeys(t *testing.T) {
 			}
 		}
 		if token == nil || token.Audience != "guix-farm-publisher" {
-			t.Errorf("AgentPool %s: projected token for the publisher %+v, want audience guix-farm-publisher", p.Name, token)
+			t.Errorf("AgentPool %s: projected token for the publisher %+v, want audience guix-farm-publisher", name, token)
 		}
 	}
-	if pools != 2 {
-		t.Fatalf("%d AgentPools rendered, want 2", pools)
+	if len(pods) != 2 {
+		t.Fatalf("%d AgentPools rendered, want 2", len(pods))
 	}
 
 	d := find[appsv1.Deployment](t, objs, "Deployment", "guix-farm-controller")
