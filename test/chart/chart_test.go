@@ -64,7 +64,7 @@ agent:
   systemArch: {riscv64-linux: arm64}
   store: {size: 50Gi, storageClassName: fast}
 agentPools:
-- name: x86-64
+- name: helm-x86-64
   systems: [x86_64-linux, i686-linux]
   features: [kvm]
   replicas: 2
@@ -231,7 +231,7 @@ func TestTemplateFlags(t *testing.T) {
 				"--gc-interval=6h", "--gc-policy=orphans"}, agentFlags, []string{"--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
 				"--leader-elect=true", "--zap-log-level=info"}),
 			wantBindKind: "ClusterRoleBinding",
-			wantPools:    []string{"custom", "x86-64"},
+			wantPools:    []string{"custom", "helm-x86-64"},
 		},
 		"GC with a declared keep policy": {
 			values: "{}",
@@ -289,7 +289,7 @@ func TestTemplateFlags(t *testing.T) {
 func TestAgentPoolPods(t *testing.T) {
 	h := newHelm(t)
 	pods := agentPods(t, h.render(t, "guix-farm", poolValues))
-	x86, arm := pods["x86-64"].Spec, pods["custom"]
+	x86, arm := pods["helm-x86-64"].Spec, pods["custom"]
 	daemon := container(x86.InitContainers, agentpool.DaemonContainer)
 	checks := map[string]struct{ got, want any }{
 		"x86-64 architecture":         {x86.NodeSelector["kubernetes.io/arch"], "amd64"},
@@ -433,7 +433,7 @@ func TestInstall(t *testing.T) {
 	const ns = "guix-farm" // the namespace of config/samples
 
 	// The apiserver validates the rendered AgentPools, every field of poolValues' included.
-	out := api.install(t, h, ns, poolValues+"- {name: helm-x86-64, systems: [x86_64-linux], replicas: 1}\n")
+	out := api.install(t, h, ns, poolValues)
 	if !strings.Contains(out, "STATUS: deployed") || !strings.Contains(out, "kubectl -n guix-farm get builds -w") ||
 		!strings.Contains(out, "kubectl -n guix-farm get agentpools") || !strings.Contains(out, "--substitute-urls='http://minio.guix-farm:9000/farm-cache") {
 		t.Errorf("helm install output lacks the status or the NOTES:\n%s", out)
