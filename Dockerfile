@@ -3,6 +3,8 @@
 #   docker build --target controller -t ghcr.io/guixfarm/guix-farm-controller:dev .
 #   docker build --target agent      -t ghcr.io/guixfarm/guix-farm-agent:dev .
 # The default (last) stage is the controller.
+# Without Docker, `make images` builds equivalent images (and a test daemon image) with the project's
+# own tooling, hack/ocibuild: see docs/images.md.
 
 FROM golang:1.26 AS build
 WORKDIR /src
@@ -17,8 +19,8 @@ COPY controllers/ controllers/
 COPY internal/ internal/
 ARG TARGETOS=linux
 ARG TARGETARCH
-RUN GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags "-s -w" -o /out/guix-farm-controller ./cmd/guix-farm-controller && \
-    GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags "-s -w" -o /out/guix-farm-agent ./cmd/guix-farm-agent
+RUN GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags "-s -w -buildid=" -o /out/guix-farm-controller ./cmd/guix-farm-controller && \
+    GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags "-s -w -buildid=" -o /out/guix-farm-agent ./cmd/guix-farm-agent
 
 # The agent runs next to a guix-daemon sidecar (see config/samples): the daemon, not this image,
 # holds /gnu/store and builds; the agent reaches it through the shared socket and store volumes.

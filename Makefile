@@ -74,6 +74,7 @@ run: tools build ## A whole local farm: apiserver, etcd, MinIO, nix-daemon, cont
 HELM := $(TOOLS_BIN)/helm
 IMG_CONTROLLER ?= ghcr.io/guixfarm/guix-farm-controller:dev
 IMG_AGENT ?= ghcr.io/guixfarm/guix-farm-agent:dev
+IMG_TEST_DAEMON ?= ghcr.io/guixfarm/guix-farm-test-daemon:dev
 
 .PHONY: tools-helm
 tools-helm:
@@ -95,7 +96,12 @@ chart: tools-helm chart-rbac ## Lints the Helm chart and packages it into bin/.
 test-chart: tools-helm ## The chart's tests: lint, template, CRD/RBAC/policy drift, install into a real apiserver, agent identity.
 	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 ./test/chart/...
 
+.PHONY: images
+images: ## Controller and agent (linux/amd64+arm64) and test daemon images, no Docker needed: OCI layouts and oci-archives in bin/images (docs/images.md).
+	hack/tools.sh nix
+	go run ./hack/ocibuild -out bin/images -controller $(IMG_CONTROLLER) -agent $(IMG_AGENT) -test-daemon $(IMG_TEST_DAEMON)
+
 .PHONY: docker-build
-docker-build: ## Controller and agent images (needs a Docker engine, which the test bed lacks).
+docker-build: ## Controller and agent images with a Docker engine, for those who have one (make images needs none).
 	docker build --target controller -t $(IMG_CONTROLLER) .
 	docker build --target agent -t $(IMG_AGENT) .

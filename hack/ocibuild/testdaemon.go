@@ -6,6 +6,7 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -94,7 +95,21 @@ func nixTree(ctx context.Context) (*tree, error) {
 		if err := t.hostFile(lib, lib); err != nil {
 			return nil, err
 		}
+		if filepath.Base(lib) != "libc.so.6" {
+			continue
+		}
+		// The name service modules next to libc, which nix-daemon dlopens (it preloads nss_dns
+		// for the builds that fetch over the network) and ldd cannot see.
+		for _, m := range []string{"libnss_files.so.2", "libnss_dns.so.2"} {
+			p := filepath.Join(filepath.Dir(lib), m)
+			if _, err := os.Stat(p); err == nil {
+				if err := t.hostFile(p, p); err != nil {
+					return nil, err
+				}
+			}
+		}
 	}
+	t.file("/etc/nsswitch.conf", 0o644, []byte("passwd: files\ngroup: files\nhosts: files dns\n"))
 	return t, nil
 }
 

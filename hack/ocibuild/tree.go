@@ -34,7 +34,7 @@ type entry struct {
 
 func newTree() *tree { return &tree{entries: map[string]entry{}} }
 
-func (t *tree) dir(p string, mode int64) { t.entries[path.Clean(p)] = entry{typ: tar.TypeDir, mode: mode} }
+func (t *tree) dir(p string, mode int64) { t.ownedDir(p, mode, 0) }
 
 func (t *tree) ownedDir(p string, mode int64, owner int) {
 	t.entries[path.Clean(p)] = entry{typ: tar.TypeDir, mode: mode, owner: owner}
