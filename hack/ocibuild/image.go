@@ -35,14 +35,6 @@ type namedLayer struct {
 	what  string
 }
 
-func (s layerSpec) build(mtime time.Time) (namedLayer, error) {
-	l, err := s.t.layer(mtime)
-	if err != nil {
-		return namedLayer{}, fmt.Errorf("layer %q: %w", s.what, err)
-	}
-	return namedLayer{layer: l, what: s.what}, nil
-}
-
 // platformImage is one architecture's image of a multi-arch index.
 type platformImage struct {
 	arch string

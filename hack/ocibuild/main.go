@@ -35,8 +35,18 @@ type options struct {
 
 // goImage is an image that holds one of the module's commands and nothing else of ours.
 type goImage struct {
-	ref string
+	ref name.Tag
 	pkg string
+}
+
+// builder holds what every image of one run shares.
+type builder struct {
+	dir, out string
+	tmp      string // the binaries
+	arches   []string
+	src      source
+	labels   map[string]string
+	base     namedLayer
 }
 
 func main() {
@@ -61,96 +71,95 @@ func main() {
 }
 
 func run(ctx context.Context, o options) error {
-	refs := map[string]name.Tag{}
-	for _, r := range []string{o.controller, o.agent, o.testDaemon} {
-		if r == "" {
+	var goImages []goImage
+	for _, g := range []struct{ ref, pkg string }{
+		{o.controller, "./cmd/guix-farm-controller"},
+		{o.agent, "./cmd/guix-farm-agent"},
+	} {
+		if g.ref == "" {
 			continue
 		}
-		// Strict: a reference without a tag would silently become :latest.
-		tag, err := name.NewTag(r, name.StrictValidation)
+		ref, err := parseRef(g.ref)
 		if err != nil {
-			return fmt.Errorf("image reference %q: %w", r, err)
+			return err
 		}
-		refs[r] = tag
+		goImages = append(goImages, goImage{ref, g.pkg})
 	}
-	src, err := readSource(ctx, o.dir)
-	if err != nil {
-		return err
+	var testDaemon *name.Tag
+	if o.testDaemon != "" {
+		ref, err := parseRef(o.testDaemon)
+		if err != nil {
+			return err
+		}
+		testDaemon = &ref
 	}
-	labels := map[string]string{"org.opencontainers.image.source": o.sourceURL}
-	if src.revision != "" {
-		labels["org.opencontainers.image.revision"] = src.revision
+
+	b := &builder{dir: o.dir, out: o.out, arches: o.arches}
+	if !filepath.IsAbs(b.out) {
+		b.out = filepath.Join(o.dir, b.out)
 	}
-	out := o.out
-	if !filepath.IsAbs(out) {
-		out = filepath.Join(o.dir, out)
-	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
 		return fmt.Errorf("output directory: %w", err)
 	}
-	tmp, err := os.MkdirTemp("", "ocibuild")
-	if err != nil {
+	var err error
+	if b.src, err = readSource(ctx, o.dir); err != nil {
+		return err
+	}
+	b.labels = map[string]string{"org.opencontainers.image.source": o.sourceURL}
+	if b.src.revision != "" {
+		b.labels["org.opencontainers.image.revision"] = b.src.revision
+	}
+	if b.tmp, err = os.MkdirTemp("", "ocibuild"); err != nil {
 		return fmt.Errorf("temporary directory for the binaries: %w", err)
 	}
-	defer os.RemoveAll(tmp)
-
+	defer os.RemoveAll(b.tmp)
 	bt, err := baseTree()
 	if err != nil {
 		return err
 	}
-	base, err := layerSpec{bt, "users root and nonroot (65532), /tmp, CA certificates"}.build(src.epoch)
-	if err != nil {
+	if b.base, err = b.layer(bt, "users root and nonroot (65532), /tmp, CA certificates"); err != nil {
 		return err
 	}
 
-	var goImages []goImage
-	for _, g := range []goImage{{o.controller, "./cmd/guix-farm-controller"}, {o.agent, "./cmd/guix-farm-agent"}} {
-		if g.ref != "" {
-			goImages = append(goImages, g)
-		}
-	}
 	if len(goImages) > 0 {
-		if err := buildGoImages(ctx, o, goImages, refs, base, labels, src, tmp, out); err != nil {
+		if err := b.goImages(ctx, goImages); err != nil {
 			return err
 		}
 	}
-
-	if o.testDaemon != "" {
-		specs, err := testDaemonLayers(ctx)
-		if err != nil {
-			return err
-		}
-		layers := []namedLayer{base}
-		for _, s := range specs {
-			l, err := s.build(src.epoch)
-			if err != nil {
-				return err
-			}
-			layers = append(layers, l)
-		}
-		// Root: nix-daemon makes build sandboxes (namespaces, mounts, chroots).
-		cfg := imageConfig{user: rootUser, entrypoint: []string{testDaemonEntrypoint}, labels: labels, created: src.epoch}
-		// The host's own binaries: the image is for the architecture ocibuild runs on.
-		img, err := newImage(cfg, runtime.GOARCH, layers)
-		if err != nil {
-			return err
-		}
-		if err := write(out, refs[o.testDaemon], newIndex([]platformImage{img}), src); err != nil {
-			return err
-		}
+	if testDaemon != nil {
+		return b.testDaemon(ctx, *testDaemon)
 	}
 	return nil
 }
 
-// buildGoImages builds the images that each hold one command of the module, for every architecture.
-func buildGoImages(ctx context.Context, o options, images []goImage, refs map[string]name.Tag, base namedLayer, labels map[string]string, src source, tmp, out string) error {
+// parseRef parses an image reference, which must have a tag: without one it would silently be
+// :latest.
+func parseRef(ref string) (name.Tag, error) {
+	tag, err := name.NewTag(ref, name.StrictValidation)
+	if err != nil {
+		return name.Tag{}, fmt.Errorf("image reference %q: %w", ref, err)
+	}
+	return tag, nil
+}
+
+// layer builds a layer of t, described by what.
+func (b *builder) layer(t *tree, what string) (namedLayer, error) {
+	l, err := t.layer(b.src.epoch)
+	if err != nil {
+		return namedLayer{}, fmt.Errorf("layer %q: %w", what, err)
+	}
+	return namedLayer{layer: l, what: what}, nil
+}
+
+// goImages builds the images that each hold one command of the module, for every architecture.
+func (b *builder) goImages(ctx context.Context, images []goImage) error {
 	pkgs := make([]string, len(images))
 	for i, g := range images {
 		pkgs[i] = g.pkg
 	}
 	platforms := make([][]platformImage, len(images))
-	for _, arch := range o.arches {
-		bins, err := goBuild(ctx, o.dir, tmp, arch, pkgs)
+	for _, arch := range b.arches {
+		bins, err := goBuild(ctx, b.dir, b.tmp, arch, pkgs)
 		if err != nil {
 			return err
 		}
@@ -158,12 +167,12 @@ func buildGoImages(ctx context.Context, o options, images []goImage, refs map[st
 			entry := "/" + filepath.Base(g.pkg)
 			t := newTree()
 			t.file(entry, 0o755, bins[g.pkg])
-			l, err := layerSpec{t, entry + " (go build " + g.pkg + ")"}.build(src.epoch)
+			l, err := b.layer(t, entry+" (go build "+g.pkg+")")
 			if err != nil {
 				return err
 			}
-			cfg := imageConfig{user: nonrootUser, entrypoint: []string{entry}, labels: labels, created: src.epoch}
-			img, err := newImage(cfg, arch, []namedLayer{base, l})
+			cfg := imageConfig{user: nonrootUser, entrypoint: []string{entry}, labels: b.labels, created: b.src.epoch}
+			img, err := newImage(cfg, arch, []namedLayer{b.base, l})
 			if err != nil {
 				return err
 			}
@@ -171,16 +180,40 @@ func buildGoImages(ctx context.Context, o options, images []goImage, refs map[st
 		}
 	}
 	for i, g := range images {
-		if err := write(out, refs[g.ref], newIndex(platforms[i]), src); err != nil {
+		if err := b.write(g.ref, newIndex(platforms[i])); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// testDaemon builds the test daemon image from the host's nix-daemon and busybox.
+func (b *builder) testDaemon(ctx context.Context, ref name.Tag) error {
+	specs, err := testDaemonLayers(ctx)
+	if err != nil {
+		return err
+	}
+	layers := []namedLayer{b.base}
+	for _, s := range specs {
+		l, err := b.layer(s.t, s.what)
+		if err != nil {
+			return err
+		}
+		layers = append(layers, l)
+	}
+	// Root: nix-daemon makes build sandboxes (namespaces, mounts, chroots).
+	cfg := imageConfig{user: rootUser, entrypoint: []string{testDaemonEntrypoint}, labels: b.labels, created: b.src.epoch}
+	// The host's own binaries: the image is for the architecture ocibuild runs on.
+	img, err := newImage(cfg, runtime.GOARCH, layers)
+	if err != nil {
+		return err
+	}
+	return b.write(ref, newIndex([]platformImage{img}))
+}
+
 // write writes one image and prints a line about it.
-func write(out string, ref name.Tag, idx v1.ImageIndex, src source) error {
-	dir, err := writeImage(out, ref, idx, src.epoch)
+func (b *builder) write(ref name.Tag, idx v1.ImageIndex) error {
+	dir, err := writeImage(b.out, ref, idx, b.src.epoch)
 	if err != nil {
 		return err
 	}
@@ -190,7 +223,7 @@ func write(out string, ref name.Tag, idx v1.ImageIndex, src source) error {
 	}
 	fi, err := os.Stat(dir + ".tar")
 	if err != nil {
-		return err
+		return fmt.Errorf("the archive of %s: %w", ref, err)
 	}
 	fmt.Printf("%s %s %s (%.1f MiB)\n", ref, digest, dir+".tar", float64(fi.Size())/(1<<20))
 	return nil
