@@ -28,7 +28,11 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
+	"github.com/guixfarm/guix-farm/controllers/agentpool"
 	"github.com/guixfarm/guix-farm/test/testbed"
 )
 
@@ -365,9 +369,9 @@ func runAsNonroot(t *testing.T, files map[string]*file, entry, usageFlag string)
 	}
 }
 
-// checkTestDaemon checks the test daemon image's contents, then starts it from its root
-// filesystem (chroot, private mount namespace) as the farm's pod does and asks it for its version
-// over its socket.
+// checkTestDaemon checks the test daemon image's contents, then runs the daemon containers the
+// controller makes with it from its root filesystem (chroot, private mount namespace) and asks each
+// daemon for its version over its socket.
 func checkTestDaemon(t *testing.T, dir string) {
 	images := platformImages(t, dir, registry+"guix-farm-test-daemon:dev")
 	img, ok := images[runtime.GOARCH]
@@ -400,7 +404,10 @@ func checkTestDaemon(t *testing.T, dir string) {
 	}
 
 	requireRoot(t, "starting the test daemon (chroot)")
-	startTestDaemon(t, rootfs(t, files))
+	root := rootfs(t, files)
+	for name, c := range daemonContainers(t) {
+		t.Run(name, func(t *testing.T) { startTestDaemon(t, root, c) })
+	}
 }
 
 // checkLoadable checks that the dynamic executable bin finds in the image its loader and, from its
@@ -458,17 +465,58 @@ func checkLoadable(t *testing.T, files map[string]*file, bin string) {
 	t.Logf("/%s loads %d shared objects, all in the image", bin, len(seen)-1)
 }
 
-func startTestDaemon(t *testing.T, dir string) {
+// daemonContainers are the daemon containers the controller puts in an agent pod with the test
+// daemon image: with the default command (guix-daemon and its arguments) and with the image's
+// entrypoint as the pool's command (the settings in the environment only).
+func daemonContainers(t *testing.T) map[string]corev1.Container {
+	t.Helper()
+	d := agentpool.Defaults{
+		AgentImage:        registry + "guix-farm-agent:dev",
+		DaemonImage:       registry + "guix-farm-test-daemon:dev",
+		BucketURL:         "http://127.0.0.1:1/farm-bucket",
+		SubstituteURLs:    []string{"http://127.0.0.1:1/other"},
+		TrustedPublicKeys: []string{"farm-test-1:" + strings.Repeat("A", 43) + "="},
+		DaemonArgs:        []string{"--build-users-group=guixbuild"}, // the chart's default
+		SystemArch:        agentpool.DefaultSystemArch(),
+	}
+	containers := map[string]corev1.Container{}
+	for name, spec := range map[string]*farmv1.DaemonSpec{
+		"default command":  nil,
+		"image entrypoint": {Command: []string{testDaemonEntrypoint}},
+	} {
+		pool := &farmv1.AgentPool{
+			ObjectMeta: metav1.ObjectMeta{Name: "x86-64", Namespace: "guix-farm"},
+			Spec:       farmv1.AgentPoolSpec{Systems: []string{"x86_64-linux"}, MaxParallelBuilds: 2, Daemon: spec},
+		}
+		tpl, ferr := agentpool.PodTemplate(pool, d)
+		if ferr != nil {
+			t.Fatalf("%s: the pod template: %v", name, ferr)
+		}
+		i := slices.IndexFunc(tpl.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == agentpool.DaemonContainer })
+		if i < 0 {
+			t.Fatalf("%s: no daemon container in the pod template", name)
+		}
+		containers[name] = tpl.Spec.InitContainers[i]
+	}
+	return containers
+}
+
+// startTestDaemon runs the daemon container c (its command, arguments and environment) in the
+// image's root filesystem dir, checks the nix.conf it writes and asks the daemon for its version.
+func startTestDaemon(t *testing.T, dir string, c corev1.Container) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// As the farm's pod starts it: guix-daemon's command line, the bucket and key from the
-	// environment. No NIX_REMOTE: see checkTestDaemon.
-	cmd := exec.CommandContext(ctx, "unshare", "-m", "--propagation", "private", "chroot", dir,
-		"guix-daemon", "--listen="+daemonSocket, "--max-jobs=2", "--build-users-group=guixbuild")
-	cmd.Env = []string{
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"DAEMON_SUBSTITUTE_URLS=http://127.0.0.1:1/farm-bucket,http://127.0.0.1:1/other",
-		"DAEMON_TRUSTED_PUBLIC_KEYS=farm-test-1:" + strings.Repeat("A", 43) + "=",
+	socket := filepath.Join(dir, daemonSocket)
+	os.Remove(socket) // a previous run's
+	argv := append(append([]string{"-m", "--propagation", "private", "chroot", dir}, c.Command...), c.Args...)
+	if len(c.Command) == 0 {
+		t.Fatal("the daemon container has no command")
+	}
+	cmd := exec.CommandContext(ctx, "unshare", argv...)
+	// The image's PATH, then the container's variables. No NIX_REMOTE: see checkTestDaemon.
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	for _, e := range c.Env {
+		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
 	}
 	logs, err := os.Create(filepath.Join(t.TempDir(), "daemon.log"))
 	if err != nil {
@@ -490,7 +538,6 @@ func startTestDaemon(t *testing.T, dir string) {
 		<-exited
 	}()
 
-	socket := filepath.Join(dir, daemonSocket)
 	for {
 		if _, err := os.Stat(socket); err == nil {
 			break
@@ -508,12 +555,13 @@ func startTestDaemon(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"substituters = http://127.0.0.1:1/farm-bucket http://127.0.0.1:1/other\n",
-		"trusted-public-keys = farm-test-1:",
-		"require-sigs = true\n", "sandbox = true\n", "build-users-group =\n", "max-jobs = 2\n",
+		// Each URL once, though the default command has them in its arguments and environment.
+		"\nsubstituters = http://127.0.0.1:1/farm-bucket http://127.0.0.1:1/other\n",
+		"\ntrusted-public-keys = farm-test-1:",
+		"\nrequire-sigs = true\n", "\nsandbox = true\n", "\nbuild-users-group =\n", "\nmax-jobs = 2\n",
 	} {
-		if !strings.Contains(string(conf), want) {
-			t.Errorf("nix.conf lacks %q:\n%s", want, conf)
+		if !strings.Contains("\n"+string(conf), want) {
+			t.Errorf("nix.conf lacks %q:\n%s", strings.TrimSpace(want), conf)
 		}
 	}
 
