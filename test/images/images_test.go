@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -42,13 +43,6 @@ const (
 	testDaemonEntrypoint = "/usr/local/bin/guix-farm-test-daemon"
 	daemonSocket         = "/var/guix/daemon-socket/socket"
 )
-
-// goImages are the images holding one of our commands, by name; the value is a flag of the
-// command, which its usage must show.
-var goImages = map[string]string{
-	"guix-farm-controller": "-agent-grace",
-	"guix-farm-agent":      "-daemon-socket",
-}
 
 func TestImages(t *testing.T) {
 	root, err := filepath.Abs(filepath.Join("..", ".."))
@@ -94,10 +88,11 @@ func TestImages(t *testing.T) {
 		}
 	})
 
-	for name, usageFlag := range goImages {
+	// The images holding one of our commands, by name, and a flag its usage must show.
+	for name, usageFlag := range map[string]string{"guix-farm-controller": "-agent-grace", "guix-farm-agent": "-daemon-socket"} {
 		t.Run(name, func(t *testing.T) {
 			images := platformImages(t, filepath.Join(a, name), registry+name+":dev")
-			if got := slices.Sorted(mapKeys(images)); !slices.Equal(got, []string{"amd64", "arm64"}) {
+			if got := slices.Sorted(maps.Keys(images)); !slices.Equal(got, []string{"amd64", "arm64"}) {
 				t.Fatalf("platforms %v, want amd64 and arm64", got)
 			}
 			for arch, img := range images {
@@ -218,16 +213,6 @@ func configFile(t *testing.T, img v1.Image) *v1.ConfigFile {
 	return cfg
 }
 
-func mapKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
-
 type file struct {
 	hdr  *tar.Header
 	data []byte
@@ -309,7 +294,7 @@ func rootfs(t *testing.T, files map[string]*file) string {
 		t.Fatal(err)
 	}
 	// Parents sort before their children.
-	for _, p := range slices.Sorted(mapKeys(files)) {
+	for _, p := range slices.Sorted(maps.Keys(files)) {
 		f, dst := files[p], filepath.Join(dir, p)
 		mode := os.FileMode(f.hdr.Mode & 0o777)
 		switch f.hdr.Typeflag {
@@ -376,7 +361,7 @@ func checkTestDaemon(t *testing.T, dir string) {
 	images := platformImages(t, dir, registry+"guix-farm-test-daemon:dev")
 	img, ok := images[runtime.GOARCH]
 	if !ok || len(images) != 1 {
-		t.Fatalf("platforms %v, want %s only (the build host's)", slices.Collect(mapKeys(images)), runtime.GOARCH)
+		t.Fatalf("platforms %v, want %s only (the build host's)", slices.Collect(maps.Keys(images)), runtime.GOARCH)
 	}
 	cfg := configFile(t, img)
 	if cfg.Config.User != "0:0" || !slices.Equal(cfg.Config.Entrypoint, []string{testDaemonEntrypoint}) {
