@@ -489,6 +489,22 @@ func TestInstall(t *testing.T) {
 	if err := c.Get(ctx, client.ObjectKey{Name: "builds.build.guixfarm.io"}, &apiextensionsv1.CustomResourceDefinition{}); err != nil {
 		t.Errorf("the Build CRD after helm uninstall: %v (helm must keep CRDs)", err)
 	}
+
+	// Without helm: the rendered manifests, server-side applied (as GitOps tools apply them).
+	rendered, err := h.run(t, "template", "guix-farm", chartDir, "--namespace", ns, "--values", valuesFile(t, poolValues))
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifests := filepath.Join(t.TempDir(), "rendered.yaml")
+	if err := os.WriteFile(manifests, []byte(rendered), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := api.kubectl("apply", "--server-side", "--field-manager=guix-farm-ci", "-f", manifests); err != nil {
+		t.Fatalf("server-side apply of the rendered chart: %v\n%s", err, out)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "guix-farm-controller"}, &appsv1.Deployment{}); err != nil {
+		t.Errorf("the controller Deployment after server-side apply: %v", err)
+	}
 }
 
 // apiServer is a real etcd + kube-apiserver (envtest) without the farm's CRDs (helm installs them).
