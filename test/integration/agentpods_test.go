@@ -26,8 +26,9 @@ import (
 // and kube-scheduler, on Node objects of two architectures, their agents run as real processes by
 // a process kubelet. It checks placement and the pod's shape, that 50 aarch64 builds scale the
 // aarch64 pool to its max while the x86_64 pool stays at its min, that a template change rolls
-// the agents while they build, that the pool returns to zero once its queue is empty, and, from
-// the attempt history, that no build failed and none was interrupted.
+// the agents while they build, that a scale-down drains agents while they build, that the pool
+// returns to zero once its queue is empty, and, from the attempt history, that no build failed
+// and none was interrupted.
 func TestAgentPoolPods(t *testing.T) {
 	ctx := context.Background()
 	env.StartControlPlane(t)
@@ -101,7 +102,7 @@ func TestAgentPoolPods(t *testing.T) {
 	start := time.Now()
 	for i := range n {
 		b := farm.MakeBuild(fmt.Sprintf("a%02d", i), ns, drvs.Add(t, fmt.Sprintf("a%02d", i), "aarch64-linux", i)).
-			Annotation(testbuilder.AnnotationDuration, "3s").Obj()
+			Annotation(testbuilder.AnnotationDuration, "4s").Obj()
 		if err := env.Client.Create(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -145,6 +146,23 @@ func TestAgentPoolPods(t *testing.T) {
 		t.Errorf("the queue drained before any agent was replaced: the roll was not tested under load")
 	} else {
 		t.Logf("first agent of the new template running with %d builds left", left)
+	}
+	// A scale-down under load, during the roll: two agents are drained while builds remain.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur := getPool(t, arm)
+		cur.Spec.Replicas, cur.Spec.MaxReplicas = ptr.To[int32](2), ptr.To[int32](2)
+		return env.Client.Update(ctx, cur)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the aarch64 pool down to 2 agents", func() (bool, string) {
+		pods := poolPods(t, ns, "arm")
+		return len(pods) == 2, fmt.Sprintf("%d pods", len(pods))
+	})
+	if left := n - countPhase(t, ns, farmv1.BuildSucceeded); left == 0 {
+		t.Errorf("the queue drained before the scale-down: it was not tested under load")
+	} else {
+		t.Logf("scaled down to 2 agents with %d builds left", left)
 	}
 	waitFor(t, 120*time.Second, "all 50 builds to succeed", func() (bool, string) {
 		watchX86()
