@@ -113,4 +113,3 @@ func ordinal(pod, set string) (int, error) {
 	}
 	return strconv.Atoi(s)
 }
-

@@ -6,11 +6,13 @@ package builds
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -74,6 +76,19 @@ type Reconciler struct {
 	// event arrives: that event shows exactly what the reconcile that wrote it already decided, so
 	// it is not reconciled again (one reconcile per change, not two).
 	wroteTo map[types.NamespacedName]string
+	// pending holds, per Build, the status write in flight. Its watch event can reach the
+	// predicate before the write's response reaches the reconciler (often, under load): the event
+	// that moves the Build from the version the write was based on to exactly the status it set
+	// is that write's, and is not reconciled again either.
+	pending map[types.NamespacedName]*pendingWrite
+}
+
+// pendingWrite is a status write in flight: the version it is based on (its optimistic lock) and
+// the status it sets, as the apiserver will store it.
+type pendingWrite struct {
+	base   string
+	status farmv1.BuildStatus
+	seen   bool // its watch event came before the response
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
@@ -109,18 +124,25 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		if apierrors.IsNotFound(err) {
 			r.Loop.Forget(key)
 			r.forgetWrite(req.NamespacedName)
+			r.dropWrite(req.NamespacedName)
+			r.Metrics.BuildReconciles.WithLabelValues("gone").Inc()
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
 	}
 	if r.behindOwnWrite(req.NamespacedName, b.ResourceVersion) {
 		// Our write's watch event is still to come. It must bring the Build back now (something
-		// asked for this reconcile: the planner allocated it, say), so it is no longer skipped;
-		// the requeue covers an event that was skipped just before this.
-		r.keepOwnWriteEvent(req.NamespacedName)
+		// asked for this reconcile: the planner allocated it, say), so it is no longer skipped.
+		// Only if that event was skipped already (it raced with this reconcile's read) does a
+		// requeue stand in for it: requeueing always would cost a second pass for nothing.
+		r.Metrics.BuildReconciles.WithLabelValues("behind").Inc()
+		if r.keepOwnWriteEvent(req.NamespacedName) {
+			return ctrl.Result{}, nil
+		}
 		return ctrl.Result{RequeueAfter: ownWriteRequeue}, nil
 	}
 	if b.Status.Phase.Finished() {
+		r.Metrics.BuildReconciles.WithLabelValues("finished").Inc()
 		r.Loop.Forget(key)
 		if b.Status.Phase == farmv1.BuildSucceeded {
 			// Its agent published every output (nar, then narinfo) before reporting; the owner
@@ -132,7 +154,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	before := b.DeepCopy()
 	res, err := r.reconcilePending(ctx, &scope{b: b, key: key, now: r.Clock.Now(), log: log})
+	if !equalStatus(before, b) {
+		r.expectWrite(req.NamespacedName, before.ResourceVersion, &b.Status)
+	}
 	if perr := r.patchStatus(ctx, before, b); perr != nil {
+		r.dropWrite(req.NamespacedName)
 		if apierrors.IsConflict(perr) {
 			// A newer version exists, and its watch event brings us back; the requeue is a fallback.
 			r.Metrics.Conflicts.WithLabelValues("controller").Inc()
@@ -142,6 +168,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	if !equalStatus(before, b) {
 		r.wrote(req.NamespacedName, before.ResourceVersion, b.ResourceVersion)
+		r.Metrics.BuildReconciles.WithLabelValues("wrote").Inc()
+	} else {
+		r.Metrics.BuildReconciles.WithLabelValues("unchanged").Inc()
 	}
 	if before.Status.Phase != b.Status.Phase {
 		agent := ""
@@ -187,25 +216,57 @@ func (r *Reconciler) wrote(n types.NamespacedName, from, to string) {
 		r.wroteTo = map[types.NamespacedName]string{}
 	}
 	r.wroteFrom[n] = from
-	r.wroteTo[n] = to
+	if p := r.pending[n]; p == nil || !p.seen {
+		r.wroteTo[n] = to // its event is still to come
+	}
+	delete(r.pending, n)
 }
 
-// keepOwnWriteEvent makes the watch event of our last write of n reconcile it after all.
-func (r *Reconciler) keepOwnWriteEvent(n types.NamespacedName) {
+// expectWrite records the status write about to be made of n from version base.
+func (r *Reconciler) expectWrite(n types.NamespacedName, base string, st *farmv1.BuildStatus) {
+	p := &pendingWrite{base: base}
+	// As stored: times to the second, as JSON carries them; the watch delivers that form.
+	if data, err := json.Marshal(st); err != nil || json.Unmarshal(data, &p.status) != nil {
+		return // unmatched, its event is simply reconciled
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.pending == nil {
+		r.pending = map[types.NamespacedName]*pendingWrite{}
+	}
+	r.pending[n] = p
+}
+
+// dropWrite forgets a status write of n that failed.
+func (r *Reconciler) dropWrite(n types.NamespacedName) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.pending, n)
+}
+
+// keepOwnWriteEvent makes the watch event of our last write of n reconcile it after all; it says
+// whether that event is still to come (false: it came and was skipped already).
+func (r *Reconciler) keepOwnWriteEvent(n types.NamespacedName) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, pending := r.wroteTo[n]
 	delete(r.wroteTo, n)
+	return pending
 }
 
 // ownWriteRequeue is the fallback for a reconcile asked for while the cache still lagged behind
 // our own write.
 const ownWriteRequeue = 250 * time.Millisecond
 
-// ownWrite says whether version rv of n is the one our last status write made, arriving through
-// the watch, and forgets the write once its event is seen.
-func (r *Reconciler) ownWrite(n types.NamespacedName, rv string) bool {
+// ownWrite says whether the update of n from version oldRV to newRV (with status st) is our own
+// status write arriving through the watch, and forgets the write once its event is seen.
+func (r *Reconciler) ownWrite(n types.NamespacedName, oldRV, rv string, st *farmv1.BuildStatus) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if p := r.pending[n]; p != nil && !p.seen && p.base == oldRV && equality.Semantic.DeepEqual(&p.status, st) {
+		p.seen = true
+		return true
+	}
 	w, ok := r.wroteTo[n]
 	if !ok {
 		return false

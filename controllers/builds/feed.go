@@ -40,7 +40,7 @@ func (r *Reconciler) Update(e event.TypedUpdateEvent[*farmv1.Build]) bool {
 		r.Recorder.Eventf(n, nil, corev1.EventTypeWarning, string(planner.InputFailed), "Wait", "%s", c.Message)
 	}
 	// Our own status write coming back changes nothing the reconcile that made it did not know.
-	return !r.ownWrite(types.NamespacedName{Namespace: n.Namespace, Name: n.Name}, n.ResourceVersion)
+	return !r.ownWrite(types.NamespacedName{Namespace: n.Namespace, Name: n.Name}, o.ResourceVersion, n.ResourceVersion, &n.Status)
 }
 
 // inputFailed is b's InputsPending condition when an input's Build failed.

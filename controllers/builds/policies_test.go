@@ -197,19 +197,45 @@ func TestCheckFacts(t *testing.T) {
 func TestOwnWriteSkipsOneEvent(t *testing.T) {
 	n := types.NamespacedName{Namespace: "ns", Name: "b"}
 	r := &Reconciler{}
-	if r.ownWrite(n, "6") {
+	st := &farmv1.BuildStatus{}
+	if r.ownWrite(n, "5", "6", st) {
 		t.Fatal("no write recorded, yet an event was taken for ours")
 	}
 	r.wrote(n, "5", "6")
-	if !r.ownWrite(n, "6") {
+	if !r.ownWrite(n, "5", "6", st) {
 		t.Fatal("the event of our own write was not recognised")
 	}
-	if r.ownWrite(n, "6") {
+	if r.ownWrite(n, "5", "6", st) {
 		t.Fatal("the record outlived its event")
 	}
 	r.wrote(n, "6", "8")
-	if r.ownWrite(n, "7") {
+	if r.ownWrite(n, "6", "7", st) {
 		t.Fatal("another writer's version was taken for ours")
+	}
+}
+
+// The watch event of our write can come before the write's response: it is recognised by the
+// version it starts from and the status it shows, and the response then records nothing to skip.
+func TestOwnWriteEventBeforeResponse(t *testing.T) {
+	n := types.NamespacedName{Namespace: "ns", Name: "b"}
+	r := &Reconciler{}
+	now := metav1.NewTime(time.Date(2026, 12, 7, 1, 2, 3, 456789, time.UTC))
+	mine := &farmv1.BuildStatus{System: "x86_64-linux", Conditions: []metav1.Condition{{Type: "InputsPending", Status: "True",
+		LastTransitionTime: now, Reason: "InputsPending", Message: "m"}}}
+	r.expectWrite(n, "5", mine)
+	stored := mine.DeepCopy()
+	stored.Conditions[0].LastTransitionTime = metav1.NewTime(now.Truncate(time.Second).Local())
+	other := stored.DeepCopy()
+	other.System = "i686-linux"
+	if r.ownWrite(n, "5", "6", other) {
+		t.Fatal("another status from the same version was taken for ours")
+	}
+	if !r.ownWrite(n, "5", "6", stored) {
+		t.Fatal("our write's event, come before its response, was not recognised")
+	}
+	r.wrote(n, "5", "6")
+	if r.ownWrite(n, "6", "7", stored) {
+		t.Fatal("the response recorded a write whose event had already come")
 	}
 }
 
@@ -223,7 +249,7 @@ func TestOwnWriteEventKeptWhenAskedMeanwhile(t *testing.T) {
 		t.Fatal("the cache at the pre-write version was not seen as behind")
 	}
 	r.keepOwnWriteEvent(n)
-	if r.ownWrite(n, "6") {
+	if r.ownWrite(n, "5", "6", &farmv1.BuildStatus{}) {
 		t.Fatal("the watch event of our write was skipped though a reconcile was asked for meanwhile")
 	}
 }

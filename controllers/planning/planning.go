@@ -133,6 +133,11 @@ func (l *Loop) planOnce() time.Time {
 	l.mu.Unlock()
 	for _, w := range plan.Waits {
 		changed[w.Key] = struct{}{}
+		reason := string(w.Reason)
+		if reason == "" {
+			reason = "none"
+		}
+		l.metrics.WaitChanges.WithLabelValues(reason).Inc()
 	}
 	if len(changed) > 0 {
 		l.log.V(2).Info("Planned", "allocations", len(plan.Allocations), "waits", len(plan.Waits), "duration", l.clock.Since(start))

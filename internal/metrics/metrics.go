@@ -31,6 +31,11 @@ type Metrics struct {
 	OutputsLost *prometheus.CounterVec
 	// InputBuilds counts Builds the controller created for inputs, by why (ensure, missing).
 	InputBuilds *prometheus.CounterVec
+	// BuildReconciles counts the Build reconciler's passes by outcome (wrote, unchanged, behind,
+	// finished, gone): the share that writes nothing is the work budget's waste.
+	BuildReconciles *prometheus.CounterVec
+	// WaitChanges counts the wait reasons the planner reported changed, by new reason.
+	WaitChanges *prometheus.CounterVec
 }
 
 // New creates the metrics and registers them with reg when it is not nil.
@@ -59,10 +64,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Derivations whose outputs were counted available and found gone, by how it was found (gc, report)."}, []string{"source"}),
 		InputBuilds: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "input_builds_created_total",
 			Help: "Builds created for input derivations, by why (ensure: spec.ensureInputBuilds; missing: an agent's missing-input report)."}, []string{"why"}),
+		BuildReconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "build_reconciles_total",
+			Help: "Build reconciles by outcome: wrote (a status write), unchanged (nothing to write), behind (the cache lagged our own write), finished, gone."}, []string{"outcome"}),
+		WaitChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "wait_changes_total",
+			Help: "Builds whose wait reason the planner reported changed (each asks for a reconcile), by new reason."}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Builds, m.QueueDepth, m.Waiting, m.PlanDuration, m.Allocations, m.Conflicts, m.Agents, m.AgentsLost, m.Transitions,
-			m.OutputsLost, m.InputBuilds)
+			m.OutputsLost, m.InputBuilds, m.BuildReconciles, m.WaitChanges)
 	}
 	return m
 }

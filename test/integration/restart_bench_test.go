@@ -107,6 +107,9 @@ func BenchmarkControllerRestart(b *testing.B) {
 	b.ReportMetric(per(cold.writes), "writes/build")
 	b.ReportMetric(per(cold.events), "events/build")
 	b.ReportMetric(per(cold.reconciles), "reconciles/build")
+	b.ReportMetric(per(cold.unchanged), "unchanged-reconciles/build")
+	b.ReportMetric(per(cold.behind), "behind-reconciles/build")
+	b.ReportMetric(per(cold.waitChanges), "wait-changes/build")
 	b.ReportMetric(cold.withdrawals, "withdrawals")
 	b.ReportMetric(cold.rss, "peak-RSS-MiB")
 	b.ReportMetric(warm.firstPlan.Seconds(), "warm-first-plan-s")
@@ -127,7 +130,12 @@ func BenchmarkControllerRestart(b *testing.B) {
 type restartRun struct {
 	firstPlan, allFacts                     time.Duration
 	writes, events, reconciles, withdrawals float64
-	rss                                     float64
+	// unchanged and behind are the reconciles that wrote nothing, by why (the build controller's
+	// guixfarm_controller_build_reconciles_total).
+	unchanged, behind float64
+	// waitChanges are the planner's reports of a changed wait reason (each asks for a reconcile).
+	waitChanges float64
+	rss         float64
 }
 
 // restartOnce runs the controller until its first full planning pass and its work queue is empty
@@ -167,6 +175,11 @@ func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) restar
 				m.sum("rest_client_requests_total", `method="DELETE"`)
 			run.events = m.sum("rest_client_requests_total", `method="POST"`)
 			run.reconciles = m.sum("controller_runtime_reconcile_total", `controller="build"`)
+			run.unchanged = m.sum("guixfarm_controller_build_reconciles_total", `outcome="unchanged"`)
+			run.behind = m.sum("guixfarm_controller_build_reconciles_total", `outcome="behind"`)
+			run.waitChanges = m.sum("guixfarm_controller_wait_changes_total")
+			b.Logf("wait changes by reason: %q; reconciles by outcome: %q", m.matching("guixfarm_controller_wait_changes_total", nil),
+				m.matching("guixfarm_controller_build_reconciles_total", nil))
 			run.withdrawals = m.sum("guixfarm_allocations_total", `kind="withdraw"`)
 			run.rss = peakRSS(b, cmd.Process.Pid)
 			return run
