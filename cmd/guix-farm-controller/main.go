@@ -67,7 +67,8 @@ func main() {
 func run() error {
 	var (
 		namespace, strategy, drvDir, storeDir string
-		metricsAddr, probeAddr                string
+		metricsAddr, probeAddr, pprofAddr     string
+		memLimit                              string
 		leaderElect                           bool
 		o                                     controllers.Options
 		factsCacheSize                        int
@@ -96,6 +97,8 @@ func run() error {
 	apf.Bind(flag.CommandLine)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
+	flag.StringVar(&memLimit, "memory-limit", "", "the Go runtime's soft memory limit, e.g. 480Mi (0: none); default 90% of the container's memory limit")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "", "address of the Go profiler (/debug/pprof), e.g. 127.0.0.1:6060, to see where a large queue's memory goes; empty disables it")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader, for more than one replica")
 	zo := zap.Options{}
 	zo.BindFlags(flag.CommandLine)
@@ -103,6 +106,11 @@ func run() error {
 	log := zap.New(zap.UseFlagOptions(&zo))
 	ctrl.SetLogger(log)
 
+	limit, from, err := setMemoryLimit(memLimit)
+	if err != nil {
+		return err
+	}
+	log.Info("Memory limit", "bytes", limit, "from", from)
 	o.Strategy = planner.Strategy(strategy)
 	o.Log = log
 	if o.AgentNamespace == "" {
@@ -127,7 +135,6 @@ func run() error {
 	if err := pf.check(bcfg); err != nil {
 		return err
 	}
-	var err error
 	if o.AgentPods, err = apf.Defaults(); err != nil {
 		return err
 	}
@@ -162,6 +169,7 @@ func run() error {
 		Cache:                  copts,
 		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress: probeAddr,
+		PprofBindAddress:       pprofAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       controllers.LeaderElectionID,
 		Client:                 client.Options{Cache: &client.CacheOptions{Unstructured: false}},

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -112,6 +114,8 @@ func BenchmarkControllerRestart(b *testing.B) {
 	b.ReportMetric(per(cold.waitChanges), "wait-changes/build")
 	b.ReportMetric(cold.withdrawals, "withdrawals")
 	b.ReportMetric(cold.rss, "peak-RSS-MiB")
+	b.ReportMetric(cold.cpu, "controller-cpu-s")
+	b.ReportMetric(cold.apiCPU, "apiserver-cpu-s")
 	b.ReportMetric(warm.firstPlan.Seconds(), "warm-first-plan-s")
 	b.ReportMetric(warm.allFacts.Seconds(), "warm-all-facts-s")
 	b.ReportMetric(per(warm.writes), "warm-writes/build")
@@ -136,6 +140,8 @@ type restartRun struct {
 	// waitChanges are the planner's reports of a changed wait reason (each asks for a reconcile).
 	waitChanges float64
 	rss         float64
+	// cpu is the controller's CPU time, apiCPU the apiserver's over the same start.
+	cpu, apiCPU float64
 }
 
 // restartOnce runs the controller until its first full planning pass and its work queue is empty
@@ -148,9 +154,11 @@ func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) restar
 		b.Fatal(err)
 	}
 	defer logf.Close()
+	pprofAddr := freeAddr(b)
 	cmd := exec.Command(bin, "--kubeconfig", kubeconfig, "--namespace", ns, "--strategy", "derivation-ordered",
 		"--drv-dir", drvDir, "--expected-builds", strconv.Itoa(n), "--metrics-bind-address", addr,
-		"--health-probe-bind-address", probe, "--build-ttl", "0")
+		"--health-probe-bind-address", probe, "--build-ttl", "0", "--pprof-bind-address", pprofAddr,
+		"--memory-limit", restartMemoryLimit(n))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -161,6 +169,7 @@ func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) restar
 		_ = cmd.Wait()
 	}()
 	var run restartRun
+	apiCPU := cpuSeconds(env.APIServerPID())
 	deadline := start.Add(30 * time.Minute)
 	for time.Now().Before(deadline) {
 		m := scrape(addr)
@@ -182,6 +191,11 @@ func restartOnce(b *testing.B, bin, kubeconfig, ns, drvDir string, n int) restar
 				m.matching("guixfarm_controller_build_reconciles_total", nil))
 			run.withdrawals = m.sum("guixfarm_allocations_total", `kind="withdraw"`)
 			run.rss = peakRSS(b, cmd.Process.Pid)
+			run.cpu = cpuSeconds(cmd.Process.Pid)
+			run.apiCPU = cpuSeconds(env.APIServerPID()) - apiCPU
+			if dir := os.Getenv("GUIXFARM_RESTART_PROFILES"); dir != "" {
+				saveHeapProfile(b, pprofAddr, dir)
+			}
 			return run
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -271,9 +285,61 @@ func peakRSS(b *testing.B, pid int) float64 {
 	return 0
 }
 
+// cpuSeconds is the CPU time (user and system) process pid has used.
+func cpuSeconds(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+	rest := string(data)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (u + st) / 100 // USER_HZ
+}
+
 func tailString(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	return s[len(s)-n:]
+}
+
+// saveHeapProfile keeps the controller's heap profile (GUIXFARM_RESTART_PROFILES=dir), for
+// `go tool pprof -sample_index=inuse_space`: where a large queue's memory goes.
+func saveHeapProfile(b *testing.B, addr, dir string) {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/heap")
+	if err != nil {
+		b.Logf("heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Logf("heap profile: %v", err)
+		return
+	}
+	f := filepath.Join(dir, fmt.Sprintf("controller-heap-%d.pb.gz", time.Now().UnixNano()))
+	if err := os.WriteFile(f, data, 0o644); err != nil {
+		b.Logf("heap profile: %v", err)
+		return
+	}
+	b.Logf("heap profile in %s", f)
+}
+
+// restartMemoryLimit is the controller's soft memory limit for a queue of n Builds: the sizing
+// docs/scale.md recommends (64 MiB plus 4.5 KiB per Build: 503 MiB at 10^5), or
+// GUIXFARM_RESTART_MEMORY_LIMIT (0: none).
+func restartMemoryLimit(n int) string {
+	if v := os.Getenv("GUIXFARM_RESTART_MEMORY_LIMIT"); v != "" {
+		return v
+	}
+	return fmt.Sprintf("%dKi", 64*1024+n*9/2)
 }
