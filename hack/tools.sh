@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned test-bed tools into a project-local cache ($TOOLS_DIR, default .cache/tools).
 # Each tool is built from the Go module proxy once; a second run finds it and returns at once.
-# Usage: hack/tools.sh [kube|kube-control-plane|etcd|controller-gen|minio|mc|helm|nix|all]...
+# Usage: hack/tools.sh [kube|kube-control-plane|kubelet|runc|containerd|node|etcd|controller-gen|minio|mc|helm|nix|all]...
 set -euo pipefail
 export GOTOOLCHAIN=local
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +16,8 @@ CONTROLLER_TOOLS_VERSION=v0.23.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 HELM_VERSION=v4.3.1
+RUNC_VERSION=v1.5.2
+CONTAINERD_VERSION=v2.4.2
 
 log() { echo "hack/tools: $*" >&2; }
 
@@ -55,6 +57,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   local bd p
@@ -81,6 +84,8 @@ kube_build() {
 kube() { kube_build kube-apiserver kubectl; }
 # The scheduler and the controller-manager make and place the agent pools' pods in tests.
 kube_control_plane() { kube_build kube-controller-manager kube-scheduler; }
+# The kubelet of the single-node test (test/node, hack/node.sh).
+kubelet() { kube_build kubelet; }
 
 etcd() {
   if stamp_ok etcd "$ETCD_VERSION"; then return; fi
@@ -125,21 +130,61 @@ minio() { goinstall minio github.com/minio/minio "$MINIO_VERSION"; }
 mc() { goinstall mc github.com/minio/mc "$MC_VERSION"; }
 helm() { goinstall helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"; }
 
+# apt_install PKG...: installs Debian packages (sudo when not root), quietly.
+apt_install() {
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 # nix: Debian's nix-bin (Nix 2.8) is the real daemon and substitute client of the tests;
 # libgcrypt is the independent verifier of Guix signatures (it is what Guix itself uses).
 nix() {
   if command -v nix-daemon >/dev/null && [ -x /bin/busybox ] && [ -f /usr/include/gcrypt.h ]; then return; fi
   log "installing nix-bin, busybox-static and libgcrypt20-dev from Debian"
-  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nix-bin busybox-static libgcrypt20-dev >/dev/null
+  apt_install nix-bin busybox-static libgcrypt20-dev
+}
+
+# runc needs cgo and the seccomp build tag: the kubelet's default pod profile (RuntimeDefault under
+# containerd) is a seccomp filter, and a runc without seccomp refuses any container given one
+# ("seccomp: config provided but seccomp not supported"). The stamp names the tag, so a runc built
+# without it is replaced.
+runc() {
+  local v="$RUNC_VERSION+seccomp"
+  if stamp_ok runc "$v"; then return; fi
+  if ! pkg-config --exists libseccomp 2>/dev/null; then
+    log "installing libseccomp-dev and pkg-config from Debian (runc's seccomp support)"
+    apt_install libseccomp-dev pkg-config
+  fi
+  log "building runc $RUNC_VERSION with seccomp"
+  CGO_ENABLED=1 GOBIN=$BIN go install -trimpath -tags seccomp -ldflags "-s -w" "github.com/opencontainers/runc@$RUNC_VERSION"
+  stamp runc "$v"
+}
+
+# containerd, its runc shim (containerd looks it up on PATH, next to runc) and ctr (imports images
+# from OCI archives: the node has no registry). Without cgo: the only cgo part is the btrfs
+# snapshotter, which the node does not use.
+containerd() {
+  local n todo=()
+  for n in containerd containerd-shim-runc-v2 ctr; do stamp_ok "$n" "$CONTAINERD_VERSION" || todo+=("$n"); done
+  [ ${#todo[@]} -gt 0 ] || return 0
+  log "building containerd, containerd-shim-runc-v2 and ctr $CONTAINERD_VERSION"
+  # The version the kubelet reports for the node (containerd://2.4.2); unset, it is 2.4.2+unknown.
+  CGO_ENABLED=0 GOBIN=$BIN go install -trimpath \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION#v}" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+  for n in containerd containerd-shim-runc-v2 ctr; do stamp "$n" "$CONTAINERD_VERSION"; done
 }
 
 [ $# -gt 0 ] || set -- all
 for t in "$@"; do
   case $t in
     kube) kube ;; kube-control-plane) kube_control_plane ;; etcd) etcd ;; controller-gen) controller_gen ;; minio) minio ;; mc) mc ;; helm) helm ;; nix) nix ;;
+    kubelet) kubelet ;; runc) runc ;; containerd) containerd ;;
     envtest) kube; etcd ;;
+    node) kubelet; runc; containerd ;;
     all) controller_gen; etcd; kube; kube_control_plane; minio; helm; nix ;;
     *) echo "hack/tools.sh: unknown tool $t" >&2; exit 2 ;;
   esac
