@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned test-bed tools into a project-local cache ($TOOLS_DIR, default .cache/tools).
 # Each tool is built from the Go module proxy once; a second run finds it and returns at once.
-# Usage: hack/tools.sh [kube|kube-control-plane|kubelet|runc|containerd|node|etcd|controller-gen|minio|mc|helm|nix|all]...
+# Usage: hack/tools.sh [kube|kube-control-plane|kubelet|runc|containerd|cni|node|etcd|controller-gen|minio|mc|helm|nix|all]...
 set -euo pipefail
 export GOTOOLCHAIN=local
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +18,7 @@ MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 HELM_VERSION=v4.3.1
 RUNC_VERSION=v1.5.2
 CONTAINERD_VERSION=v2.4.2
+CNI_PLUGINS_VERSION=v1.9.1
 
 log() { echo "hack/tools: $*" >&2; }
 
@@ -178,13 +179,29 @@ containerd() {
   for n in containerd containerd-shim-runc-v2 ctr; do stamp "$n" "$CONTAINERD_VERSION"; done
 }
 
+# The CNI plugins the node's pod network needs (bridge, host-local, loopback), in $BIN/cni so that
+# their generic names stay off the tools' directory. containerd reports the network ready, and so
+# the kubelet the node, only once a CNI configuration loads: without one no scheduled pod lands.
+cni() {
+  local p ok=1
+  for p in bridge host-local loopback; do [ -x "$BIN/cni/$p" ] || ok=0; done
+  if [ $ok = 1 ] && [ "$(cat "$BIN/.cni-plugins.version" 2>/dev/null)" = "$CNI_PLUGINS_VERSION" ]; then return; fi
+  log "building the CNI plugins bridge, host-local and loopback $CNI_PLUGINS_VERSION"
+  mkdir -p "$BIN/cni"
+  CGO_ENABLED=0 GOBIN=$BIN/cni go install -trimpath -ldflags "-s -w" \
+    "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_PLUGINS_VERSION" \
+    "github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_PLUGINS_VERSION" \
+    "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS_VERSION"
+  echo "$CNI_PLUGINS_VERSION" > "$BIN/.cni-plugins.version"
+}
+
 [ $# -gt 0 ] || set -- all
 for t in "$@"; do
   case $t in
     kube) kube ;; kube-control-plane) kube_control_plane ;; etcd) etcd ;; controller-gen) controller_gen ;; minio) minio ;; mc) mc ;; helm) helm ;; nix) nix ;;
-    kubelet) kubelet ;; runc) runc ;; containerd) containerd ;;
+    kubelet) kubelet ;; runc) runc ;; containerd) containerd ;; cni) cni ;;
     envtest) kube; etcd ;;
-    node) kubelet; runc; containerd ;;
+    node) kubelet; runc; containerd; cni ;;
     all) controller_gen; etcd; kube; kube_control_plane; minio; helm; nix ;;
     *) echo "hack/tools.sh: unknown tool $t" >&2; exit 2 ;;
   esac

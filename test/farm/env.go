@@ -93,6 +93,9 @@ func StartEnv() (*Env, string, error) {
 		BinaryAssetsDirectory: assets,
 	}
 	e.ControlPlane.APIServer = &envtest.APIServer{CertDir: certDir}
+	// A kubelet (test/node) gives its node name as an address too, and the apiserver would try
+	// that first for logs and exec: nothing resolves it here. The node's InternalIP is real.
+	e.ControlPlane.APIServer.Configure().Set("kubelet-preferred-address-types", "InternalIP")
 	cfg, err := e.Start()
 	if err != nil {
 		os.RemoveAll(certDir)
