@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // ToolsBin is the directory of the pinned test-bed binaries.
@@ -78,3 +79,20 @@ func FreePort(t testing.TB) int {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// WaitFor polls cond every 200 ms until it holds, failing the test with what and cond's last
+// explanation after d.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting %s for %s: %s", d, what, why)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
