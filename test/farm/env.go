@@ -67,7 +67,18 @@ func Scheme() *k8sruntime.Scheme {
 
 // StartEnv starts the apiserver for a package's tests (call from TestMain). It returns nil with a
 // reason when the binaries are absent and the test bed is not required.
-func StartEnv() (*Env, string, error) {
+func StartEnv() (*Env, string, error) { return StartEnvWith(EnvOptions{}) }
+
+// EnvOptions vary the apiserver StartEnvWith starts.
+type EnvOptions struct {
+	// ServiceAccountAdmission turns the ServiceAccount admission plugin back on (envtest turns it
+	// off): a pod gets its ServiceAccount's token volume, as in a cluster, which a real kubelet
+	// (test/node) mounts for in-cluster clients; a pod whose ServiceAccount is missing is refused.
+	ServiceAccountAdmission bool
+}
+
+// StartEnvWith is StartEnv with options.
+func StartEnvWith(o EnvOptions) (*Env, string, error) {
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
 		assets = testbed.ToolsBin()
@@ -96,6 +107,9 @@ func StartEnv() (*Env, string, error) {
 	// A kubelet (test/node) gives its node name as an address too, and the apiserver would try
 	// that first for logs and exec: nothing resolves it here. The node's InternalIP is real.
 	e.ControlPlane.APIServer.Configure().Set("kubelet-preferred-address-types", "InternalIP")
+	if o.ServiceAccountAdmission {
+		e.ControlPlane.APIServer.Configure().Disable("disable-admission-plugins")
+	}
 	cfg, err := e.Start()
 	if err != nil {
 		os.RemoveAll(certDir)

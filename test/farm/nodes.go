@@ -25,8 +25,10 @@ import (
 // StartControlPlane runs the real kube-controller-manager (its StatefulSet controller) and
 // kube-scheduler against the test apiserver, so StatefulSets make pods and pods are placed on
 // nodes by their selectors. They stop when the test ends. It skips the test when the binaries
-// are missing and the test bed is not required.
-func (e *Env) StartControlPlane(t testing.TB) {
+// are missing and the test bed is not required. More controllers can be named: a real kubelet
+// (test/node) needs the node lifecycle controller to lift the not-ready taint it registers its
+// node with, and the root CA publisher for the kube-root-ca.crt its pods' API access mounts.
+func (e *Env) StartControlPlane(t testing.TB, moreControllers ...string) {
 	t.Helper()
 	bin := testbed.ToolsBin()
 	for _, b := range []string{"kube-controller-manager", "kube-scheduler"} {
@@ -45,7 +47,8 @@ func (e *Env) StartControlPlane(t testing.TB) {
 	e.daemon(t, "kube-controller-manager", filepath.Join(bin, "kube-controller-manager"),
 		"--kubeconfig="+kubeconfig, "--leader-elect=false", "--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", freePort(t)), "--cert-dir="+filepath.Join(dir, "kcm"),
-		"--controllers=statefulset-controller,disruption-controller", "--use-service-account-credentials=false")
+		"--controllers="+strings.Join(append([]string{"statefulset-controller", "disruption-controller"}, moreControllers...), ","),
+		"--use-service-account-credentials=false")
 	e.daemon(t, "kube-scheduler", filepath.Join(bin, "kube-scheduler"),
 		"--kubeconfig="+kubeconfig, "--leader-elect=false", "--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", freePort(t)), "--cert-dir="+filepath.Join(dir, "scheduler"))

@@ -31,7 +31,9 @@ var env *farm.Env
 
 func TestMain(m *testing.M) {
 	ctrllog.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
-	e, skip, err := farm.StartEnv()
+	// Pods get their ServiceAccount's token volume, as in a cluster: the agent is an in-cluster
+	// client.
+	e, skip, err := farm.StartEnvWith(farm.EnvOptions{ServiceAccountAdmission: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -71,8 +73,8 @@ func TestHostNetworkPodWithSidecar(t *testing.T) {
 	ctx := context.Background()
 	n := node.Start(t, env.Kubeconfig(t), writeBusyboxImage(t))
 	ns := env.Namespace(t, "node")
-	// The ServiceAccount admission plugin wants the pod's account to exist (no controller-manager
-	// makes "default" here), even with no token mounted.
+	// The ServiceAccount admission plugin wants the pod's account to exist (no serviceaccount
+	// controller makes "default" here), even with no token mounted.
 	if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: ns}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("creating the default ServiceAccount: %v", err)
 	}

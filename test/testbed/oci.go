@@ -198,3 +198,37 @@ func descriptor(mediaType string, b []byte, annotations map[string]string) map[s
 	}
 	return d
 }
+
+// OCIArchiveRef is the name `ctr images import` gives the image of an oci-archive (its index's
+// io.containerd.image.name annotation): what a pod names to run it.
+func OCIArchiveRef(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", fmt.Errorf("opening oci-archive: %w", err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return "", fmt.Errorf("oci-archive %s: no index.json: %w", p, err)
+		}
+		if path.Clean(h.Name) != "index.json" {
+			continue
+		}
+		var index struct {
+			Manifests []struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"manifests"`
+		}
+		if err := json.NewDecoder(tr).Decode(&index); err != nil {
+			return "", fmt.Errorf("oci-archive %s: index.json: %w", p, err)
+		}
+		for _, m := range index.Manifests {
+			if ref := m.Annotations["io.containerd.image.name"]; ref != "" {
+				return ref, nil
+			}
+		}
+		return "", fmt.Errorf("oci-archive %s: no manifest is annotated io.containerd.image.name", p)
+	}
+}

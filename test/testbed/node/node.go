@@ -618,6 +618,19 @@ func (n *Node) waitFor(ctx context.Context, d time.Duration, what string, pid in
 // Logs returns the last max bytes of the log of "kubelet", "containerd" or "holder".
 func (n *Node) Logs(name string, max int) string { return tail(n.logFile(name), max) }
 
+// ContainerLogs returns the last max bytes of the log of each container the node ran for the
+// pod (every restart), read from the kubelet's pod log directory: for a failing test's report,
+// also when the apiserver cannot serve them.
+func (n *Node) ContainerLogs(namespace, pod string, max int) map[string]string {
+	logs := map[string]string{}
+	files, _ := filepath.Glob(filepath.Join(n.l.podLogs(), namespace+"_"+pod+"_*", "*", "*.log"))
+	for _, f := range files {
+		container := filepath.Base(filepath.Dir(f))
+		logs[container+"/"+filepath.Base(f)] = tail(f, max)
+	}
+	return logs
+}
+
 // PodDir is where the kubelet keeps a pod's volumes (volumes/<plugin>/<name>) on the host.
 func (n *Node) PodDir(uid string) string { return filepath.Join(n.l.kubeletRoot(), "pods", uid) }
 
