@@ -136,7 +136,10 @@ derivation { name = "built-on-node"; system = builtins.currentSystem; builder = 
 			return false, err.Error()
 		}
 		if len(pods.Items) != 1 {
-			return false, fmt.Sprintf("%d pods", len(pods.Items))
+			// A template the apiserver refuses shows in the pool's TemplateValid condition.
+			var p farmv1.AgentPool
+			_ = env.Client.Get(ctx, client.ObjectKeyFromObject(pool), &p)
+			return false, fmt.Sprintf("%d pods; pool conditions %+v", len(pods.Items), p.Status.Conditions)
 		}
 		pod = pods.Items[0]
 		return pod.Spec.NodeName == n.Name && running(pod.Status.InitContainerStatuses, agentpool.DaemonContainer) &&
