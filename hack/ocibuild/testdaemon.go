@@ -87,6 +87,10 @@ func nixTree(ctx context.Context) (*tree, error) {
 	for _, name := range []string{"nix-daemon", "nix-store"} {
 		t.symlink("/usr/bin/"+name, "nix")
 	}
+	// Nix's build hook, also a name of the binary: Nix 2.8 starts it for every build (it declines
+	// when no remote builders are set), and without it every build fails with "executing
+	// '/usr/libexec/nix/build-remote': No such file or directory" (found by test/node).
+	t.symlink("/usr/libexec/nix/build-remote", "../../bin/nix")
 	libs, err := sharedObjects(ctx, nix)
 	if err != nil {
 		return nil, err

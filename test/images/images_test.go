@@ -369,7 +369,7 @@ func checkTestDaemon(t *testing.T, dir string) {
 	}
 	files := flatten(t, img)
 	checkBase(t, files)
-	for link, target := range map[string]string{"usr/bin/nix-daemon": "nix", "usr/bin/nix-store": "nix", "bin/sh": "busybox", "usr/local/bin/guix-daemon": "guix-farm-test-daemon"} {
+	for link, target := range map[string]string{"usr/bin/nix-daemon": "nix", "usr/bin/nix-store": "nix", "usr/libexec/nix/build-remote": "../../bin/nix", "bin/sh": "busybox", "usr/local/bin/guix-daemon": "guix-farm-test-daemon"} {
 		if f := files[link]; f == nil || f.hdr.Typeflag != tar.TypeSymlink || f.hdr.Linkname != target {
 			t.Errorf("/%s is not a symlink to %s", link, target)
 		}

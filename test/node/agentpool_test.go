@@ -105,15 +105,8 @@ derivation { name = "built-on-node"; system = builtins.currentSystem; builder = 
 		// no metrics port on the host, and the apiserver at its loopback address rather than the
 		// Service's ClusterIP.
 		Template: &corev1.PodTemplateSpec{Spec: corev1.PodSpec{
-			HostNetwork: true,
-			InitContainers: []corev1.Container{{Name: agentpool.DaemonContainer, ImagePullPolicy: corev1.PullNever,
-				// The test daemon image lacks Nix's build hook, /usr/libexec/nix/build-remote (a
-				// link to nix, which dispatches on its name), and Nix 2.8 starts it for every
-				// build: each build fails with "executing '/usr/libexec/nix/build-remote': No
-				// such file or directory". The link is made before the image's own command runs
-				// with the controller's arguments; drop this once the image has it
-				// (docs/node-test.md).
-				Command: []string{"/bin/sh", "-c", `mkdir -p /usr/libexec/nix && ln -sf /usr/bin/nix /usr/libexec/nix/build-remote && exec guix-daemon "$@"`, "guix-daemon"}}},
+			HostNetwork:    true,
+			InitContainers: []corev1.Container{{Name: agentpool.DaemonContainer, ImagePullPolicy: corev1.PullNever}},
 			Containers: []corev1.Container{{Name: agentpool.AgentContainer, ImagePullPolicy: corev1.PullNever,
 				Args: []string{"--metrics-bind-address="},
 				Env: []corev1.EnvVar{{Name: "KUBERNETES_SERVICE_HOST", Value: api.Hostname()},
