@@ -51,9 +51,26 @@ tools: ## Installs every pinned test-bed tool into .cache/tools (cached).
 tools-controller-gen:
 	hack/tools.sh controller-gen
 
+# The node tests' images (test/node, docs/node-test.md): the agent for this machine's architecture
+# and the test daemon, apart from bin/images, which `make images` fills for every architecture.
+TEST_IMAGES := $(CURDIR)/.cache/test-images
+
+.PHONY: test-images
+test-images:
+	hack/tools.sh nix
+	go run ./hack/ocibuild -out $(TEST_IMAGES) -arches $$(go env GOARCH) -controller "" -agent $(IMG_AGENT) -test-daemon $(IMG_TEST_DAEMON)
+
 .PHONY: test
-test: tools ## Unit and integration tests against a real apiserver, MinIO, nix-daemon and nix client.
-	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 -timeout 40m ./...
+test: tools test-images ## Unit and integration tests against a real apiserver, MinIO, nix-daemon and nix client, and on a real node.
+	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_IMAGES_DIR=$(TEST_IMAGES) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 -timeout 40m ./...
+
+.PHONY: tools-node
+tools-node:
+	hack/tools.sh envtest kube-control-plane node nix minio
+
+.PHONY: test-node
+test-node: tools-node test-images ## The single-node tests alone: kubelet, containerd and runc run an AgentPool's pod that builds (docs/node-test.md).
+	KUBEBUILDER_ASSETS=$(TOOLS_BIN) GUIXFARM_IMAGES_DIR=$(TEST_IMAGES) GUIXFARM_REQUIRE_TESTBED=1 go test -count=1 -timeout 20m -v ./test/node/
 
 .PHONY: test-chaos
 test-chaos: tools ## The chaos test alone; GUIXFARM_CHAOS_DURATION=10m (and _SEED, _DRVS) runs it longer (docs/chaos.md).

@@ -202,7 +202,7 @@ for t in "$@"; do
     kubelet) kubelet ;; runc) runc ;; containerd) containerd ;; cni) cni ;;
     envtest) kube; etcd ;;
     node) kubelet; runc; containerd; cni ;;
-    all) controller_gen; etcd; kube; kube_control_plane; minio; helm; nix ;;
+    all) controller_gen; etcd; kube; kube_control_plane; minio; helm; nix; kubelet; runc; containerd; cni ;;
     *) echo "hack/tools.sh: unknown tool $t" >&2; exit 2 ;;
   esac
 done
