@@ -221,6 +221,9 @@ func (n *Node) up(ctx context.Context) error {
 // it before and was not brought down left behind. The holder process inherits the lock, so it is
 // held as long as the node runs, also after the process that started a detached node exits.
 func (n *Node) acquireLock(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Dir(LockFile), 0o755); err != nil {
+		return fmt.Errorf("creating the node lock's directory: %w", err)
+	}
 	f, err := os.OpenFile(LockFile, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("opening the node lock: %w", err)
