@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -110,6 +111,10 @@ func StartEnvWith(o EnvOptions) (*Env, string, error) {
 	if o.ServiceAccountAdmission {
 		e.ControlPlane.APIServer.Configure().Disable("disable-admission-plugins")
 	}
+	if err := apiserverArgs(e.ControlPlane.APIServer, os.Getenv("GUIXFARM_APISERVER_ARGS")); err != nil {
+		os.RemoveAll(certDir)
+		return nil, "", err
+	}
 	cfg, err := e.Start()
 	if err != nil {
 		os.RemoveAll(certDir)
@@ -124,6 +129,20 @@ func StartEnvWith(o EnvOptions) (*Env, string, error) {
 		return nil, "", err
 	}
 	return &Env{Env: e, Config: cfg, Client: c, Scheme: s, certDir: certDir}, "", nil
+}
+
+// apiserverArgs adds flags to the test apiserver from GUIXFARM_APISERVER_ARGS (space-separated
+// --flag=value, e.g. "--watch-cache=false"): docs/scale.md measures the apiserver's levers on the
+// same benchmarks without a second code path. Unset, the apiserver runs as before.
+func apiserverArgs(s *envtest.APIServer, flags string) error {
+	for _, f := range strings.Fields(flags) {
+		key, val, ok := strings.Cut(strings.TrimPrefix(f, "--"), "=")
+		if !ok || key == "" || !strings.HasPrefix(f, "--") {
+			return fmt.Errorf("GUIXFARM_APISERVER_ARGS: %q is not --flag=value", f)
+		}
+		s.Configure().Set(key, val)
+	}
+	return nil
 }
 
 // Stop stops the apiserver and etcd and removes what they kept on disk (call from TestMain).

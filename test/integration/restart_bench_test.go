@@ -15,6 +15,11 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/test/farm"
 )
 
@@ -87,11 +92,17 @@ func BenchmarkControllerRestart(b *testing.B) {
 	start := time.Now()
 	drvs, paths := distroDrvs(b, n)
 	b.Logf("%d .drv files written in %s", n, time.Since(start).Round(time.Second))
+	apiBase := apiserverMem(b)
 	start = time.Now()
 	parallel(16, n, func(i int) error {
 		return env.Client.Create(ctx, farm.MakeBuild(fmt.Sprintf("pkg-%06d", i), ns, paths[i]).Priority(int32(i%100)).Obj())
 	})
 	created := time.Since(start)
+	// The Builds as clients submit them, spec only, before any controller wrote a status: the
+	// smallest a queued Build can be (docs/scale.md compares it with what the controller writes).
+	specOnly := etcdShares(b, "/registry/build.guixfarm.io/builds/"+ns+"/")
+	apiSpec := apiserverMem(b)
+	listCache, listEtcd := listTimes(b, ns)
 	kc := env.Kubeconfig(b)
 	for i := range 3 {
 		env.StartAgent(b, kc, ns, farm.AgentSpec{Name: fmt.Sprintf("agent-%d", i), Systems: []string{"x86_64-linux"},
@@ -126,8 +137,74 @@ func BenchmarkControllerRestart(b *testing.B) {
 	if pid := env.APIServerPID(); pid != 0 {
 		b.ReportMetric(peakRSS(b, pid)*1024/float64(n), "apiserver-KiB/build")
 	}
-	total, count := etcdBytes(b, "/registry/build.guixfarm.io/builds/"+ns+"/")
-	b.ReportMetric(float64(total)/float64(max(count, 1)), "etcd-bytes/build")
+	sh := etcdShares(b, "/registry/build.guixfarm.io/builds/"+ns+"/")
+	count := max(sh.count, 1)
+	b.ReportMetric(float64(sh.total)/float64(count), "etcd-bytes/build")
+	b.ReportMetric(float64(sh.managedFields)/float64(count), "etcd-managedfields-bytes/build")
+	b.ReportMetric(float64(sh.status)/float64(count), "etcd-status-bytes/build")
+	b.ReportMetric(float64(specOnly.total)/float64(max(specOnly.count, 1)), "etcd-spec-only-bytes/build")
+	b.ReportMetric(float64(specOnly.managedFields)/float64(max(specOnly.count, 1)), "etcd-spec-only-managedfields-bytes/build")
+	// The apiserver's memory per Build, net of what it held before the creates: its Go heap in
+	// use (from its /metrics; less noisy than RSS, which keeps freed pages) after the creates
+	// (spec only) and after the cold start (with the controller's status).
+	apiFacts := apiserverMem(b)
+	b.ReportMetric((apiSpec.heap-apiBase.heap)/1024/float64(n), "apiserver-heap-spec-KiB/build")
+	b.ReportMetric((apiFacts.heap-apiBase.heap)/1024/float64(n), "apiserver-heap-KiB/build")
+	b.ReportMetric((apiFacts.rss-apiBase.rss)/1024/float64(n), "apiserver-rss-delta-KiB/build")
+	// An agent's Lease, for the renewal budget of 10^4 agents (docs/scale.md).
+	leases := etcdShares(b, "/registry/leases/"+ns+"/")
+	b.ReportMetric(float64(leases.total)/float64(max(leases.count, 1)), "etcd-bytes/lease")
+	b.ReportMetric(listCache.Seconds(), "list-rv0-s")
+	b.ReportMetric(listEtcd.Seconds(), "list-consistent-s")
+}
+
+// apiMem is the apiserver's memory at one moment, in bytes.
+type apiMem struct{ heap, rss float64 }
+
+// apiserverMem reads the apiserver's Go heap in use from its /metrics and its resident set from
+// /proc (0 when the apiserver is not a child of this process).
+func apiserverMem(b *testing.B) apiMem {
+	b.Helper()
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := cs.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		b.Fatalf("reading the apiserver's metrics: %v", err)
+	}
+	var m apiMem
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_memstats_heap_inuse_bytes "); ok {
+			m.heap, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	if pid := env.APIServerPID(); pid != 0 {
+		m.rss = procStatusKiB(b, pid, "VmRSS:") * 1024
+	}
+	return m
+}
+
+// listTimes is how long one full List of the namespace's Builds takes: with resourceVersion=0,
+// as an informer's first list asks (served by the watch cache when it holds Builds), and a
+// consistent list (from the watch cache when it is on and fresh, else from etcd). A controller's
+// cold start waits for the first.
+func listTimes(b *testing.B, ns string) (rv0, consistent time.Duration) {
+	b.Helper()
+	ctx := context.Background()
+	for i, rv := range []string{"0", ""} {
+		var l farmv1.BuildList
+		start := time.Now()
+		if err := env.Client.List(ctx, &l, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}}); err != nil {
+			b.Fatalf("listing builds (resourceVersion %q): %v", rv, err)
+		}
+		if i == 0 {
+			rv0 = time.Since(start)
+		} else {
+			consistent = time.Since(start)
+		}
+	}
+	return rv0, consistent
 }
 
 // restartRun is what one start of the controller measured.
@@ -271,17 +348,22 @@ func (m metricLines) matching(name string, labels []string) []string {
 
 // peakRSS is a process's high-water resident set size (VmHWM), in MiB.
 func peakRSS(b *testing.B, pid int) float64 {
+	return procStatusKiB(b, pid, "VmHWM:") / 1024
+}
+
+// procStatusKiB reads one kB field (VmHWM:, VmRSS:) of /proc/<pid>/status.
+func procStatusKiB(b *testing.B, pid int, field string) float64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return float64(kb) / 1024
+			return float64(kb)
 		}
 	}
-	b.Fatal("no VmHWM in /proc/<pid>/status")
+	b.Fatalf("no %s in /proc/<pid>/status", field)
 	return 0
 }
 
