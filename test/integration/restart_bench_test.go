@@ -84,7 +84,10 @@ func dedup(s []string) []string {
 // all facts (work queue empty), and per Build the controller's writes (PATCH, PUT, DELETE),
 // Events (POSTs), and reconciles; allocation withdrawals per start; the controller's peak RSS;
 // after the cold start, the apiserver's RSS and etcd's bytes per Build. create-s is how long
-// the creates took (the apiserver's share, for reference).
+// the creates took (the apiserver's share, for reference). For docs/scale.md it also reports
+// which parts of a stored Build are managed fields and status, a Build's size before any status
+// was written, the apiserver's heap per Build, how long a List of the queue takes, and a Lease's
+// size (GUIXFARM_APISERVER_ARGS runs the same against an apiserver with other flags).
 func BenchmarkControllerRestart(b *testing.B) {
 	n := restartBuilds(b)
 	ctx := context.Background()
