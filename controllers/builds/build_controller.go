@@ -63,6 +63,9 @@ type Reconciler struct {
 	MaxConcurrentReconciles int
 	// Loading, when set, hears of each Build's first reconcile (the first plan waits for all).
 	Loading *planning.Loading
+	// QuietQueue: a Build that never had a status and only waits (inputs not built yet, or no
+	// free agent) gets none until it is allocated (controllers.Options.QuietQueue).
+	QuietQueue bool
 
 	planned chan event.TypedGenericEvent[*farmv1.Build]
 
@@ -290,6 +293,7 @@ type scope struct {
 // reconcilePending runs the policies of a Build that has not finished, in order; each one may end
 // the reconcile.
 func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Result, error) {
+	blank := blankStatus(s.b)
 	if res, done := r.reconcileFacts(ctx, s); done {
 		return res, nil
 	}
@@ -304,6 +308,12 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 	}
 	retry := soonest(retrySkip, soonest(r.reconcileInputBuilds(ctx, s), r.reconcileMissingInputs(ctx, s)))
 	r.reconcileAllocation(s)
+	if r.QuietQueue && blank && onlyWaiting(s.b) {
+		// Nothing a user must act on: the wait reason stays in the planner (setWait put it in the
+		// copy being written; it is dropped), and the first write comes with the allocation.
+		s.b.Status.Conditions = nil
+		return ctrl.Result{RequeueAfter: retry}, nil
+	}
 	if s.b.Status.Allocation != nil || len(s.b.Status.Conditions) > 0 || s.b.Status.Phase != "" {
 		recordFacts(s, s.b.Status.Allocation != nil)
 		return ctrl.Result{RequeueAfter: retry}, nil
@@ -314,6 +324,27 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 	}
 	recordFacts(s, false)
 	return ctrl.Result{RequeueAfter: retry}, nil
+}
+
+// blankStatus says whether b has never been given a status (a queued Build under QuietQueue).
+func blankStatus(b *farmv1.Build) bool {
+	st := &b.Status
+	return st.Phase == "" && len(st.Conditions) == 0 && st.Allocation == nil && st.Attempt == nil && st.AttemptCount == 0
+}
+
+// onlyWaiting says whether all b's status would say is that it waits for its inputs to be built
+// (or for nothing: a free agent): no allocation, and no condition a user must see (no agent for
+// its system, a failed input, missing inputs, an unreadable .drv).
+func onlyWaiting(b *farmv1.Build) bool {
+	if b.Status.Allocation != nil || b.Status.Attempt != nil || b.Status.Phase.Finished() {
+		return false
+	}
+	for _, c := range b.Status.Conditions {
+		if c.Type != farmv1.BuildConditionInputsPending || c.Reason != string(planner.InputsPending) {
+			return false
+		}
+	}
+	return true
 }
 
 // soonest is the earlier of two requeue delays, 0 meaning none.

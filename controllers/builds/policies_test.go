@@ -253,3 +253,39 @@ func TestOwnWriteEventKeptWhenAskedMeanwhile(t *testing.T) {
 		t.Fatal("the watch event of our write was skipped though a reconcile was asked for meanwhile")
 	}
 }
+
+// TestQuietQueue: under QuietQueue, only a Build that never had a status and whose status would
+// say nothing but "waiting for inputs" (or nothing) stays without a write; everything a user must
+// see (no agent for its system, a failed input, an allocation) is still written.
+func TestQuietQueue(t *testing.T) {
+	cases := map[string]struct {
+		wait      planner.Wait
+		allocated bool
+		want      bool
+	}{
+		"waits for inputs":  {wait: planner.Wait{Reason: planner.InputsPending, Message: "1 of 2"}, want: true},
+		"waits for a slot":  {want: true},
+		"no agent":          {wait: planner.Wait{Reason: planner.NoAgentForSystem, Message: "no pool offers riscv64-linux"}},
+		"input failed":      {wait: planner.Wait{Reason: planner.InputFailed, Message: "input x failed"}},
+		"allocated":         {allocated: true},
+		"allocated, inputs": {wait: planner.Wait{Reason: planner.InputsPending, Message: "1 of 2"}, allocated: true},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := &farmv1.Build{}
+			if !blankStatus(b) {
+				t.Fatal("a new Build's status is not blank")
+			}
+			if tc.allocated {
+				b.Status.Allocation = &farmv1.Allocation{Agent: "a"}
+			}
+			setWait(b, now, tc.wait)
+			if got := onlyWaiting(b); got != tc.want {
+				t.Errorf("onlyWaiting = %v, want %v (conditions %+v)", got, tc.want, b.Status.Conditions)
+			}
+		})
+	}
+	if blankStatus(&farmv1.Build{Status: farmv1.BuildStatus{Phase: farmv1.BuildPending}}) {
+		t.Error("a Build with a phase is blank: a status written before would be left stale")
+	}
+}
