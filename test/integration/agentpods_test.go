@@ -124,6 +124,7 @@ func TestAgentPoolPods(t *testing.T) {
 		if a := nodeArch(&pod); a != "arm64" {
 			t.Errorf("aarch64 pod %s on node %q", pod.Name, pod.Spec.NodeName)
 		}
+		checkAgentPod(t, &pod)
 	}
 
 	// A template change while the agents build: they are drained and replaced one at a time.
