@@ -30,6 +30,12 @@ func TestQuietQueue(t *testing.T) {
 	if err := env.Client.Create(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
+	// The pool must be known to the planner first: a Build reconciled before it would be written
+	// at once with NoAgentForSystem, a condition a user must see.
+	waitFor(t, 30*time.Second, "the pool reconciled", func() (bool, string) {
+		p := getPool(t, pool)
+		return p.Status.ObservedGeneration == p.Generation, fmt.Sprintf("observed %d", p.Status.ObservedGeneration)
+	})
 	a := drvs.Add(t, "quiet-a", "x86_64-linux", 1)
 	b := drvs.Add(t, "quiet-b", "x86_64-linux", 2, a)
 	for name, drv := range map[string]string{"a": a, "b": b} {
