@@ -22,7 +22,9 @@ let
     inherit nonce;
     system = builtins.currentSystem;
     builder = "${busybox}/bin/busybox";
-    args = [ "sh" "-c" "echo token-outage-${nonce}; ${busybox}/bin/busybox sleep 15; echo ${toString i} > $out" ];
+    # The last 4 (through the bucket's outage) sleep longer: they must all be running at once
+    # when MinIO stops, however staggered their starts on a loaded machine.
+    args = [ "sh" "-c" "echo token-outage-${nonce}; ${busybox}/bin/busybox sleep ${if i >= 20 then "60" else "15"}; echo ${toString i} > $out" ];
   };
 in builtins.listToAttrs (builtins.genList (i: { name = "o${toString i}"; value = mk i; }) 24)
 `
