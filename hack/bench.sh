@@ -43,6 +43,8 @@ bench() {
 # One op of a full plan is meaningful (it is ~0.3 s); a re-plan is a few ms, so 200 of them.
 bench ./internal/planner '^BenchmarkPlan100k$' 1x
 bench ./internal/planner '^BenchmarkReplanAfterFinish100k$/^derivation-ordered$' 200x
+# Allocation hysteresis: a 3,000-step trace, with and without the keep band, ~0.1 s.
+bench ./internal/planner '^BenchmarkAllocationChurn$' 1x
 # Issue 9's autoscaling: a simulation of 10-minute traces with a fake clock, tens of ms per op.
 bench ./internal/autoscale '^BenchmarkAutoscaleBurstyTrace$' 1x
 # Signatures take tens of µs: 200 ops (their ratio metrics time the baseline as many times).

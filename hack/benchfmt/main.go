@@ -78,6 +78,12 @@ var table = []figure{
 		base: baseline{label: plan100kBasic, bench: plan100kBasic, metric: "B/op"}},
 	{name: "replan100k.time", pkg: planPkg, bench: "BenchmarkReplanAfterFinish100k/derivation-ordered", metric: "ns/op",
 		unit: "ms/op", scale: nsToMs, base: baseline{label: "target", value: 10}},
+	{name: "churn.withdrawals", pkg: planPkg, bench: "BenchmarkAllocationChurn", metric: "withdrawals/finished",
+		unit: "withdrawals/build", scale: 1, base: baseline{label: "no keep band", bench: "BenchmarkAllocationChurn", metric: "nokeep-withdrawals/finished"}},
+	{name: "churn.changes", pkg: planPkg, bench: "BenchmarkAllocationChurn", metric: "changes/finished",
+		unit: "writes/build", scale: 1, base: baseline{label: "no keep band", bench: "BenchmarkAllocationChurn", metric: "nokeep-changes/finished"}},
+	{name: "churn.inversions", pkg: planPkg, bench: "BenchmarkAllocationChurn", metric: "inversions",
+		unit: "claims", scale: 1, base: baseline{label: "no keep band", bench: "BenchmarkAllocationChurn", metric: "nokeep-inversions"}},
 
 	{name: "throughput", pkg: integrationPkg, bench: "BenchmarkThroughput", metric: "builds/s", unit: "builds/s", scale: 1,
 		base: baseline{label: "plain status updates", bench: "BenchmarkThroughput", metric: "updates/s", unit: "updates/s"}},
@@ -156,7 +162,7 @@ var table = []figure{
 	// the same traces (per 10-minute trace; fewer scale changes is better).
 	// Issue 9: from 50 Builds queued to the pool's desired size written, through a real apiserver.
 	{name: "autoscale.first-scale", pkg: integrationPkg, bench: "BenchmarkAutoscaleFirstScale", metric: "scale-s", unit: "s",
-		scale: 1, base: baseline{label: "the 50 Builds' facts written", bench: "BenchmarkAutoscaleFirstScale", metric: "facts-s"}},
+		scale: 1, base: baseline{label: "the planner knew all 50 Builds", bench: "BenchmarkAutoscaleFirstScale", metric: "facts-s"}},
 	{name: "autoscale.first-scale.writes", pkg: integrationPkg, bench: "BenchmarkAutoscaleFirstScale", metric: "size-writes",
 		unit: "writes", scale: 1, base: baseline{label: "target", value: 1}},
 	{name: "autoscale.scale-changes", pkg: autoscalePkg, bench: autoscaleBench, metric: "scale-changes",

@@ -45,24 +45,7 @@ func (p *Planner) Plan(now time.Time) Plan {
 			}
 		}
 	}
-	var withdrawn []Allocation
-	for name, set := range p.allocs {
-		for bi := range set {
-			b := &p.builds[bi]
-			if b.epoch == p.epoch {
-				continue
-			}
-			withdrawn = append(withdrawn, Allocation{Key: b.key, Priority: b.eff})
-			b.agent = ""
-			if b.loc == locReady {
-				p.classes[b.class].heap.fix(b.heapPos)
-			}
-			delete(set, bi)
-		}
-		if len(set) == 0 {
-			delete(p.allocs, name)
-		}
-	}
+	withdrawn := p.keepOrWithdraw(out.Horizons)
 	slices.SortFunc(withdrawn, func(a, b Allocation) int { return cmp.Compare(a.Key, b.Key) })
 	out.Allocations = append(out.Allocations, withdrawn...)
 

@@ -68,6 +68,11 @@ type Options struct {
 	Strategy Strategy // default Basic
 	// HorizonFactor sizes each agent's horizon: HorizonFactor*Slots - Running. Default 2.
 	HorizonFactor int
+	// KeepFactor is the upper edge of the band in which an agent keeps allocations that better
+	// builds pushed out of its horizon: up to KeepFactor*Slots - Running in all; only past it is
+	// the lowest-ranked one withdrawn (keep.go). Default HorizonFactor+1; HorizonFactor (or
+	// less) withdraws at once.
+	KeepFactor int
 	// ExpectedBuilds is a size hint (e.g. the Build count of the informer's initial list):
 	// the model's tables are allocated for it up front instead of growing while loading.
 	ExpectedBuilds int
@@ -137,6 +142,7 @@ type Planner struct {
 	mu       sync.Mutex
 	strategy Strategy
 	factor   int
+	keep     int   // KeepFactor
 	now      int64 // last Plan's clock (unix ns); builds with NotBefore > now are deferred
 
 	// builds
@@ -188,10 +194,14 @@ func New(o Options) *Planner {
 	if o.HorizonFactor <= 0 {
 		o.HorizonFactor = 2
 	}
+	if o.KeepFactor == 0 {
+		o.KeepFactor = o.HorizonFactor + 1
+	}
 	n := max(o.ExpectedBuilds, 0)
 	p := &Planner{
 		strategy:    o.Strategy,
 		factor:      o.HorizonFactor,
+		keep:        max(o.KeepFactor, o.HorizonFactor),
 		skipInitial: o.SkipInitialWaits,
 		lookupFn:    o.Lookup,
 		msgs:        map[[2]int32]string{},

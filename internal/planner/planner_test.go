@@ -169,13 +169,25 @@ func TestStickiness(t *testing.T) {
 		},
 		"urgent build submitted": {
 			event:       func(p *Planner, _ Plan) { p.UpsertBuild(bld("urgent", 100, 1000)) },
-			wantChanges: 2, // it is allocated, the lowest-ranked one is withdrawn
+			// It is allocated; the lowest-ranked entry it pushed out of a horizon stays
+			// allocated in its agent's keep band (keep.go).
+			wantChanges: 1,
+		},
+		"urgent builds past the keep band": {
+			event: func(p *Planner, _ Plan) {
+				for i := range 25 {
+					p.UpsertBuild(bld(fmt.Sprintf("urgent%02d", i), 100, 1000+i))
+				}
+			},
+			// 25 allocated, 25 old entries pushed out; each agent keeps 2 beyond its horizon
+			// of 4 (KeepFactor 3), 20 in all, so the 5 lowest are withdrawn.
+			wantChanges: 30,
 		},
 		"agent removed": {
 			event: func(p *Planner, _ Plan) { p.RemoveAgent("a7") },
-			// The lowest four of the 40 are withdrawn; a7's builds that still rank in the
-			// top 36 move to the agents those four leave.
-			wantChanges: 7,
+			// a7's builds that still rank in the top 36 move to the agents whose lowest
+			// entries lost their place (those are kept, in the band); a7's lowest is withdrawn.
+			wantChanges: 4,
 		},
 		"agent added": {
 			event:       func(p *Planner, _ Plan) { p.UpsertAgent(agent("a99", 2)) },
@@ -480,7 +492,7 @@ func checkPlan(t *testing.T, p *Planner, plan Plan) {
 	seen := map[BuildKey]bool{}
 	for name, h := range plan.Horizons {
 		st := p.agents[p.byAgent[name]]
-		if len(h) > max(0, p.factor*st.slots-st.running) {
+		if len(h) > max(0, p.keep*st.slots-st.running) {
 			t.Errorf("agent %s: horizon of %d exceeds its capacity", name, len(h))
 		}
 		for _, k := range h {
