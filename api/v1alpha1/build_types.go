@@ -240,6 +240,7 @@ const MaxAttemptHistory = 8
 type BuildStatus struct {
 	// Phase is the coarse state; conditions carry the detail.
 	// +optional
+	// +kubebuilder:default=Pending
 	Phase BuildPhase `json:"phase,omitempty"`
 
 	// Conditions: Allocated, Running, Succeeded, InputsPending, Schedulable, DerivationReadable.
@@ -366,6 +367,7 @@ type MissingInputs struct {
 // +kubebuilder:selectablefield:JSONPath=`.status.allocation.agent`
 // +kubebuilder:selectablefield:JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Derivation",type=string,JSONPath=`.status.derivationName`
+// +kubebuilder:printcolumn:name="Path",type=string,JSONPath=`.spec.derivation`,priority=1,description="The derivation's store path (-o wide): a queued Build shows its name and system only once allocated"
 // +kubebuilder:printcolumn:name="System",type=string,JSONPath=`.status.system`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.status.allocation.priority`,description="The priority the planner uses (derived: prerequisites of urgent builds inherit it), while allocated"
@@ -377,7 +379,8 @@ type Build struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   BuildSpec   `json:"spec"`
+	Spec BuildSpec `json:"spec"`
+	// +kubebuilder:default={}
 	Status BuildStatus `json:"status,omitempty"`
 }
 

@@ -88,7 +88,7 @@ func run() error {
 	flag.DurationVar(&o.PlanDebounce, "plan-debounce", 20*time.Millisecond, "batch the events of a burst into one planning pass")
 	flag.IntVar(&o.ExpectedBuilds, "expected-builds", 10000, "usual number of pending Builds: sizes the planner's tables once")
 	flag.IntVar(&o.BuildWorkers, "build-workers", 16, "Builds reconciled in parallel")
-	flag.BoolVar(&o.QuietQueue, "quiet-queue", false, "experimental (docs/scale.md): no status write for a queued Build that only waits, until it is allocated")
+	flag.BoolVar(&o.WriteQueueStatus, "write-queue-status", false, "also write the system, name and wait reason of every queued Build that only waits: one status write per queued Build (docs/scale.md); by default such a Build shows phase Pending and gets its first write when it is allocated")
 	flag.DurationVar(&o.AgentGrace, "agent-grace", 2*time.Second, "added to a Lease's expiry before its agent is declared lost")
 	flag.StringVar(&o.AgentNamespace, "agent-namespace", "", "the only namespace whose agent Leases are accepted (default: --namespace; set it when watching all namespaces)")
 	flag.StringVar(&bcfg.Endpoint, "bucket-endpoint", "", "S3 endpoint of the substitute bucket (host:port or http(s)://host[:port]); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")

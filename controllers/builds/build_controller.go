@@ -63,9 +63,10 @@ type Reconciler struct {
 	MaxConcurrentReconciles int
 	// Loading, when set, hears of each Build's first reconcile (the first plan waits for all).
 	Loading *planning.Loading
-	// QuietQueue: a Build that never had a status and only waits (inputs not built yet, or no
-	// free agent) gets none until it is allocated (controllers.Options.QuietQueue).
-	QuietQueue bool
+	// WriteQueueStatus: a Build that never had a status and only waits (inputs not built yet, or
+	// no free agent) gets its facts and wait reason written after FactsDelay; without it, nothing
+	// until it is allocated (controllers.Options.WriteQueueStatus).
+	WriteQueueStatus bool
 
 	planned chan event.TypedGenericEvent[*farmv1.Build]
 
@@ -308,13 +309,21 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 	}
 	retry := soonest(retrySkip, soonest(r.reconcileInputBuilds(ctx, s), r.reconcileMissingInputs(ctx, s)))
 	r.reconcileAllocation(s)
-	if r.QuietQueue && blank && onlyWaiting(s.b) {
+	if !r.WriteQueueStatus && blank {
 		// Nothing a user must act on: the wait reason stays in the planner (setWait put it in the
 		// copy being written; it is dropped), and the first write comes with the allocation.
-		s.b.Status.Conditions = nil
-		return ctrl.Result{RequeueAfter: retry}, nil
+		if onlyWaiting(s.b, false) {
+			s.b.Status.Conditions = nil
+			return ctrl.Result{RequeueAfter: retry}, nil
+		}
+		// While the model loads, "no agent for its system" may only mean that the pool serving
+		// it has not reached the planner yet: judged again once it has, not written and undone.
+		if !r.Loading.Loaded() && onlyWaiting(s.b, true) {
+			s.b.Status.Conditions = nil
+			return ctrl.Result{RequeueAfter: soonest(retry, loadingRecheck)}, nil
+		}
 	}
-	if s.b.Status.Allocation != nil || len(s.b.Status.Conditions) > 0 || s.b.Status.Phase != "" {
+	if !blank || s.b.Status.Allocation != nil || len(s.b.Status.Conditions) > 0 {
 		recordFacts(s, s.b.Status.Allocation != nil)
 		return ctrl.Result{RequeueAfter: retry}, nil
 	}
@@ -326,26 +335,34 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 	return ctrl.Result{RequeueAfter: retry}, nil
 }
 
-// blankStatus says whether b has never been given a status (a queued Build under QuietQueue).
+// blankStatus says whether b has never been given a status by the controller: what it was created
+// with, the phase the CRD defaults (Pending, or none in a fake client) and nothing else.
 func blankStatus(b *farmv1.Build) bool {
 	st := &b.Status
-	return st.Phase == "" && len(st.Conditions) == 0 && st.Allocation == nil && st.Attempt == nil && st.AttemptCount == 0
+	return (st.Phase == "" || st.Phase == farmv1.BuildPending) && st.System == "" && len(st.Conditions) == 0 &&
+		st.Allocation == nil && st.Attempt == nil && st.AttemptCount == 0
 }
 
 // onlyWaiting says whether all b's status would say is that it waits for its inputs to be built
 // (or for nothing: a free agent): no allocation, and no condition a user must see (no agent for
-// its system, a failed input, missing inputs, an unreadable .drv).
-func onlyWaiting(b *farmv1.Build) bool {
+// its system, unless noAgent, a failed input, missing inputs, an unreadable .drv).
+func onlyWaiting(b *farmv1.Build, noAgent bool) bool {
 	if b.Status.Allocation != nil || b.Status.Attempt != nil || b.Status.Phase.Finished() {
 		return false
 	}
 	for _, c := range b.Status.Conditions {
-		if c.Type != farmv1.BuildConditionInputsPending || c.Reason != string(planner.InputsPending) {
+		switch {
+		case c.Type == farmv1.BuildConditionInputsPending && c.Reason == string(planner.InputsPending):
+		case noAgent && c.Type == farmv1.BuildConditionSchedulable && c.Reason == string(planner.NoAgentForSystem):
+		default:
 			return false
 		}
 	}
 	return true
 }
+
+// loadingRecheck is when a Build judged while the model loads is looked at again.
+const loadingRecheck = time.Second
 
 // soonest is the earlier of two requeue delays, 0 meaning none.
 func soonest(a, b time.Duration) time.Duration {

@@ -254,7 +254,7 @@ func TestOwnWriteEventKeptWhenAskedMeanwhile(t *testing.T) {
 	}
 }
 
-// TestQuietQueue: under QuietQueue, only a Build that never had a status and whose status would
+// TestQuietQueue: unless WriteQueueStatus, only a Build that never had a status and whose status would
 // say nothing but "waiting for inputs" (or nothing) stays without a write; everything a user must
 // see (no agent for its system, a failed input, an allocation) is still written.
 func TestQuietQueue(t *testing.T) {
@@ -280,12 +280,21 @@ func TestQuietQueue(t *testing.T) {
 				b.Status.Allocation = &farmv1.Allocation{Agent: "a"}
 			}
 			setWait(b, now, tc.wait)
-			if got := onlyWaiting(b); got != tc.want {
+			if got := onlyWaiting(b, false); got != tc.want {
 				t.Errorf("onlyWaiting = %v, want %v (conditions %+v)", got, tc.want, b.Status.Conditions)
 			}
 		})
 	}
-	if blankStatus(&farmv1.Build{Status: farmv1.BuildStatus{Phase: farmv1.BuildPending}}) {
-		t.Error("a Build with a phase is blank: a status written before would be left stale")
+	// While the model loads, "no agent" is not yet a verdict (the pool may not be loaded).
+	b := &farmv1.Build{}
+	setWait(b, now, planner.Wait{Reason: planner.NoAgentForSystem, Message: "no pool offers riscv64-linux"})
+	if !onlyWaiting(b, true) {
+		t.Error("no agent while loading: written at once")
+	}
+	if !blankStatus(&farmv1.Build{Status: farmv1.BuildStatus{Phase: farmv1.BuildPending}}) {
+		t.Error("a Build with the phase the CRD defaults is not blank: every queued Build would be written")
+	}
+	if blankStatus(&farmv1.Build{Status: farmv1.BuildStatus{Phase: farmv1.BuildPending, System: "x86_64-linux"}}) {
+		t.Error("a Build with its facts written is blank: a status written before would be left stale")
 	}
 }

@@ -183,8 +183,8 @@ type ControllerOptions struct {
 	PublisherAddr string
 	// AgentPods, with an AgentImage, makes the controller run pools as StatefulSets.
 	AgentPods agentpool.Defaults
-	// QuietQueue is controllers.Options.QuietQueue (docs/scale.md).
-	QuietQueue bool
+	// WriteQueueStatus is controllers.Options.WriteQueueStatus (docs/scale.md).
+	WriteQueueStatus bool
 }
 
 // StartController runs the farm's controllers in-process, watching namespace, reading .drv files
@@ -281,7 +281,7 @@ func (c *Controller) Start() {
 		Strategy: o.Strategy, Facts: facts, Bucket: o.Bucket,
 		BuildTTL: o.BuildTTL, PlanDebounce: 10 * time.Millisecond, BuildWorkers: 16, AgentGrace: 500 * time.Millisecond,
 		Clock: clock.RealClock{}, Metrics: m, Log: log, Publisher: o.Publisher, PublisherAddr: o.PublisherAddr,
-		AgentPods: o.AgentPods, QuietQueue: o.QuietQueue,
+		AgentPods: o.AgentPods, WriteQueueStatus: o.WriteQueueStatus,
 	})
 	if err != nil {
 		cancel()

@@ -117,13 +117,14 @@ func BenchmarkThroughput(b *testing.B) {
 }
 
 // BenchmarkEtcdBytesPerBuild reads, straight from etcd, what a pending Build costs: created by a
-// client, its facts written by the controller, waiting in the queue for an agent of its pool.
+// client, its facts known to the controller's planner, waiting in the queue for an agent of its
+// pool past the controller's FactsDelay (with WriteQueueStatus its facts would be written then).
 func BenchmarkEtcdBytesPerBuild(b *testing.B) {
 	const n = 200
 	ctx := context.Background()
 	ns := env.Namespace(b, "etcdsize")
 	drvs := farm.NewDrvs(b)
-	env.StartController(b, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.Basic, Log: logr.Discard()})
+	f := env.StartController(b, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.Basic, Log: logr.Discard()})
 	// A pool serves the system, at zero agents: the Builds wait in the queue, as most of a farm's do.
 	pool := &farmv1.AgentPool{ObjectMeta: metav1.ObjectMeta{Name: "x86", Namespace: ns},
 		Spec: farmv1.AgentPoolSpec{Systems: []string{"x86_64-linux"}, Replicas: ptr.To[int32](0)}}
@@ -137,15 +138,11 @@ func BenchmarkEtcdBytesPerBuild(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	waitFor(b, time.Minute, "the controller to record facts", func() (bool, string) {
-		k := 0
-		for _, x := range listBuilds(b, ns) {
-			if x.Status.System != "" {
-				k++
-			}
-		}
+	waitFor(b, time.Minute, "the planner to know every Build's facts", func() (bool, string) {
+		k := f.Loop.Planner().Stats().Pending["x86_64-linux"]
 		return k == n, fmt.Sprintf("%d of %d", k, n)
 	})
+	time.Sleep(build2FactsDelay)
 	var perBuild float64
 	for b.Loop() {
 		total, count := etcdBytes(b, "/registry/build.guixfarm.io/builds/"+ns+"/")

@@ -9,21 +9,23 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
 	"github.com/guixfarm/guix-farm/internal/planner"
 	"github.com/guixfarm/guix-farm/test/farm"
 )
 
-// TestQuietQueue: with QuietQueue (docs/scale.md), a Build that only waits (for a free agent,
-// for its inputs) keeps an empty status, while a Build a user must look at (no agent for its
+// TestQuietQueue: by default (docs/scale.md), a Build that only waits (for a free agent, for its
+// inputs) keeps the status it was created with (phase Pending, from the CRD's default, in kubectl
+// and the status.phase field selector too), while a Build a user must look at (no agent for its
 // system) gets its condition at once; once agents come, the waiting Builds are allocated,
 // written and built as usual.
 func TestQuietQueue(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t, "quiet")
 	drvs := farm.NewDrvs(t)
-	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.DerivationOrdered, QuietQueue: true})
+	env.StartController(t, ns, drvs.Dir, farm.ControllerOptions{Strategy: planner.DerivationOrdered})
 	// A pool serves x86_64-linux at zero agents: its Builds wait for an agent, as a queue does.
 	pool := &farmv1.AgentPool{ObjectMeta: metav1.ObjectMeta{Name: "x86", Namespace: ns},
 		Spec: farmv1.AgentPoolSpec{Systems: []string{"x86_64-linux"}, Replicas: ptr.To[int32](0)}}
@@ -59,9 +61,16 @@ func TestQuietQueue(t *testing.T) {
 		return false, "no riscv Build"
 	})
 	for _, x := range listBuilds(t, ns) {
-		if x.Name != "riscv" && (x.Status.Phase != "" || len(x.Status.Conditions) > 0 || x.Status.System != "") {
-			t.Errorf("waiting Build %s has a status: %+v", x.Name, x.Status)
+		if x.Name != "riscv" && (x.Status.Phase != farmv1.BuildPending || len(x.Status.Conditions) > 0 || x.Status.System != "" || len(x.ManagedFields) != 1) {
+			t.Errorf("waiting Build %s was written: %+v, managed by %d", x.Name, x.Status, len(x.ManagedFields))
 		}
+	}
+	var pending farmv1.BuildList
+	if err := env.Client.List(ctx, &pending, client.InNamespace(ns), client.MatchingFields{"status.phase": string(farmv1.BuildPending)}); err != nil {
+		t.Fatal(err)
+	}
+	if len(pending.Items) != 3 {
+		t.Errorf("status.phase=Pending selects %d Builds, want the 3 waiting", len(pending.Items))
 	}
 	env.StartAgent(t, env.Kubeconfig(t), ns, farm.AgentSpec{Name: "agent-0", Pool: "x86", Systems: []string{"x86_64-linux"},
 		Slots: 2, TestDuration: 100 * time.Millisecond, LeaseDuration: 5 * time.Second})
@@ -76,5 +85,5 @@ func TestQuietQueue(t *testing.T) {
 }
 
 // build2FactsDelay is past the controller's FactsDelay (2 s), after which a waiting Build would
-// get its first status write without QuietQueue.
+// get its first status write with WriteQueueStatus.
 const build2FactsDelay = 3 * time.Second
