@@ -168,7 +168,7 @@ func TestStickiness(t *testing.T) {
 			wantChanges: 1,
 		},
 		"urgent build submitted": {
-			event:       func(p *Planner, _ Plan) { p.UpsertBuild(bld("urgent", 100, 1000)) },
+			event: func(p *Planner, _ Plan) { p.UpsertBuild(bld("urgent", 100, 1000)) },
 			// It is allocated; the lowest-ranked entry it pushed out of a horizon stays
 			// allocated in its agent's keep band (keep.go).
 			wantChanges: 1,
