@@ -29,6 +29,8 @@ func (b BucketPublisher) Publish(ctx context.Context, _ Attempt, items []Item, c
 		}
 		if it.Output {
 			store[i].Commit = commit
+		} else {
+			store[i].Input = true
 		}
 	}
 	res, err := b.P.PublishClosure(ctx, store, b.Parallel)

@@ -279,6 +279,17 @@ func TestNotReproducible(t *testing.T) {
 	if _, after := e.m.Get(t, e.url(first.NarInfoKey)); after != body {
 		t.Error("the narinfo was overwritten")
 	}
+	// The same item as an input of a publication (another build's output, built twice): the
+	// published copy stands and nothing fails.
+	input := DiskItem(outPath, tree(t, "two"))
+	input.Input = true
+	res, err := e.pub.Publish(ctx, input)
+	if err != nil || !res.AlreadyPresent || res.NarInfo.NarHash != first.NarInfo.NarHash {
+		t.Errorf("an input with another NarHash: %+v, %v; want AlreadyPresent with the published NarHash", res, err)
+	}
+	if _, after := e.m.Get(t, e.url(first.NarInfoKey)); after != body {
+		t.Error("the narinfo was overwritten by an input")
+	}
 }
 
 // readerItem serves fixed NAR bytes, as a daemon's NarFromPath would.

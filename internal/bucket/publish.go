@@ -67,6 +67,13 @@ type StoreItem struct {
 	// (the nar stays for GC). An agent checks there, freshly, that it still
 	// owns the attempt whose output this is.
 	Commit func(ctx context.Context) error
+	// Input marks an item of the closure that this publication did not build (an input of the
+	// attempt's outputs). If the bucket has it with another NarHash, its published copy stands
+	// and the item counts as AlreadyPresent instead of failing with a NotReproducibleError: the
+	// input was built twice (an attempt lost while its daemon finished, then built again
+	// elsewhere) by a non-deterministic build, which says nothing of the build publishing now,
+	// and the closure refers to the input by its path either way.
+	Input bool
 }
 
 // DiskItem is a store item whose files are at dir on this machine (the
@@ -303,7 +310,10 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) 
 	}
 	replace := "" // the ETag of a narinfo whose nar is gone, to rewrite it
 	if existing != nil {
-		present, err := p.compare(res, existing, item.StorePath, narHash)
+		present, err := p.compare(res, existing, item, narHash)
+		if present.AlreadyPresent && item.Input && !sameNarHash(existing, narHash) {
+			return present, nil // the published copy stands, whatever state its nar is in
+		}
 		if err != nil {
 			return present, err
 		}
@@ -408,7 +418,7 @@ func (p *Publisher) publish(ctx context.Context, item StoreItem, o publishOpts) 
 			return res, fmt.Errorf("publish %s: the conditional narinfo PUT was refused, yet no narinfo can be read (deleted meanwhile?); publish it again", item.StorePath)
 		}
 		// The winner verified its nar before writing its narinfo.
-		return p.compare(res, existing, item.StorePath, narHash)
+		return p.compare(res, existing, item, narHash)
 	}
 	log.Info("published", "narinfo", res.NarInfoKey, "nar", res.NarKey, "narSize", ni.NarSize, "fileSize", ni.FileSize, "compression", kind, "repaired", res.Repaired)
 	return res, nil
@@ -421,19 +431,29 @@ func union(a, b []string) []string {
 	return slices.Compact(out)
 }
 
-// compare fails with a *NotReproducibleError unless existing has narHash;
-// otherwise it returns res as AlreadyPresent with the existing narinfo.
-func (p *Publisher) compare(res Result, existing *narinfo.NarInfo, storePath, narHash string) (Result, error) {
+// compare fails with a *NotReproducibleError unless existing has narHash (or item is an Input:
+// its published copy stands); otherwise it returns res as AlreadyPresent with the existing
+// narinfo.
+func (p *Publisher) compare(res Result, existing *narinfo.NarInfo, item StoreItem, narHash string) (Result, error) {
 	res.NarInfo, res.NarKey, res.Repaired = existing, existing.URL, false
+	if !sameNarHash(existing, narHash) {
+		if !item.Input {
+			return res, &NotReproducibleError{StorePath: item.StorePath, Published: existing.NarHash, Local: narHash}
+		}
+		p.log.Info("an input of the publication differs from its published copy, which stands (a non-deterministic build ran twice)",
+			"storePath", item.StorePath, "published", existing.NarHash, "local", narHash)
+	}
+	res.AlreadyPresent = true
+	return res, nil
+}
+
+// sameNarHash says whether a published narinfo has narHash (normalized).
+func sameNarHash(existing *narinfo.NarInfo, narHash string) bool {
 	have, err := normalizeNarHash(existing.NarHash)
 	if err != nil {
 		have = existing.NarHash
 	}
-	if have != narHash {
-		return res, &NotReproducibleError{StorePath: storePath, Published: existing.NarHash, Local: narHash}
-	}
-	res.AlreadyPresent = true
-	return res, nil
+	return have == narHash
 }
 
 // narPresent reports whether the nar a published narinfo's URL names is

@@ -185,9 +185,11 @@ type ItemState struct {
 	NarPresent bool
 }
 
-// State says what the bucket has of storePath with narHash: a narinfo with another NarHash is a
-// *NotReproducibleError (that narinfo is never replaced).
-func (p *Publisher) State(ctx context.Context, storePath, narHash string) (ItemState, error) {
+// State says what the bucket has of item (its StorePath with its NarHash): a narinfo with another
+// NarHash is a *NotReproducibleError (that narinfo is never replaced), or for an Input, that
+// narinfo standing as Published.
+func (p *Publisher) State(ctx context.Context, item StoreItem) (ItemState, error) {
+	storePath, narHash := item.StorePath, item.NarHash
 	sp, err := p.dir.Parse(storePath)
 	if err != nil {
 		return ItemState{}, fmt.Errorf("publish: %w", err)
@@ -201,8 +203,12 @@ func (p *Publisher) State(ctx context.Context, storePath, narHash string) (ItemS
 		return st, err
 	}
 	if existing != nil {
-		if _, err := p.compare(Result{}, existing, storePath, narHash); err != nil {
+		if _, err := p.compare(Result{}, existing, item, narHash); err != nil {
 			return st, err
+		}
+		if item.Input && !sameNarHash(existing, narHash) {
+			st.Published = true
+			return st, nil
 		}
 		ok, err := p.narPresent(ctx, existing.URL)
 		if err != nil {
@@ -218,16 +224,16 @@ func (p *Publisher) State(ctx context.Context, storePath, narHash string) (ItemS
 }
 
 // States is State for many items at once, refCheckConcurrency at a time; errs[i] is item i's.
-func (p *Publisher) States(ctx context.Context, paths, narHashes []string) ([]ItemState, []error) {
-	out := make([]ItemState, len(paths))
-	errs := make([]error, len(paths))
+func (p *Publisher) States(ctx context.Context, items []StoreItem) ([]ItemState, []error) {
+	out := make([]ItemState, len(items))
+	errs := make([]error, len(items))
 	sem := make(chan struct{}, refCheckConcurrency)
 	var wg sync.WaitGroup
-	for i := range paths {
+	for i := range items {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			out[i], errs[i] = p.State(ctx, paths[i], narHashes[i])
+			out[i], errs[i] = p.State(ctx, items[i])
 		})
 	}
 	wg.Wait()

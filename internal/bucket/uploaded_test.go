@@ -61,7 +61,7 @@ func TestPublishUploaded(t *testing.T) {
 	depHash, _, _ := nar.Hash(bytes.NewReader(dep))
 	topHash, _, _ := nar.Hash(bytes.NewReader(top))
 
-	st, errs := e.pub.States(ctx, []string{depPath, topPath}, []string{depHash, topHash})
+	st, errs := e.pub.States(ctx, []StoreItem{{StorePath: depPath, NarHash: depHash}, {StorePath: topPath, NarHash: topHash}})
 	for i, s := range st {
 		if errs[i] != nil || s.Published || s.NarPresent || s.NarKey != NarKey(compress.Zstd, []string{depHash, topHash}[i]) {
 			t.Fatalf("state %d: %+v %v", i, s, errs[i])
@@ -109,11 +109,14 @@ func TestPublishUploaded(t *testing.T) {
 	if got, err := r.ReadFile(ctx, depPath); err != nil || string(got) != "the dependency\n" {
 		t.Errorf("ReadFile(dep) = %q, %v", got, err)
 	}
-	if st, err := e.pub.State(ctx, topPath, topHash); err != nil || !st.Published {
+	if st, err := e.pub.State(ctx, StoreItem{StorePath: topPath, NarHash: topHash}); err != nil || !st.Published {
 		t.Errorf("state of a published item: %+v, %v", st, err)
 	}
-	if _, err := e.pub.State(ctx, topPath, depHash); !errors.Is(err, ErrNotReproducible) {
+	if _, err := e.pub.State(ctx, StoreItem{StorePath: topPath, NarHash: depHash}); !errors.Is(err, ErrNotReproducible) {
 		t.Errorf("state with another NarHash: %v, want ErrNotReproducible", err)
+	}
+	if st, err := e.pub.State(ctx, StoreItem{StorePath: topPath, NarHash: depHash, Input: true}); err != nil || !st.Published {
+		t.Errorf("state of an input with another NarHash: %+v, %v; want its published copy standing", st, err)
 	}
 
 	t.Run("forged nar refused and deleted", func(t *testing.T) {
@@ -219,7 +222,7 @@ func TestUntrustedNarInfoSignedAgain(t *testing.T) {
 	}
 	data := dumpBytes(t, dir)
 	h, _, _ := nar.Hash(bytes.NewReader(data))
-	if st, err := e.pub.State(ctx, helloPath, h); err != nil || st.Published || !st.NarPresent {
+	if st, err := e.pub.State(ctx, StoreItem{StorePath: helloPath, NarHash: h}); err != nil || st.Published || !st.NarPresent {
 		t.Errorf("state of an item whose narinfo a stranger signed: %+v, %v; want not published, nar present", st, err)
 	}
 	res, err := e.pub.Publish(ctx, DiskItem(helloPath, dir))

@@ -279,18 +279,18 @@ func (s *Server) uploads(ctx context.Context, id Identity, body []byte) (any, er
 	if err := s.checkItems(ctx, b, req.Items); err != nil {
 		return nil, err
 	}
-	paths, hashes := make([]string, len(req.Items)), make([]string, len(req.Items))
+	items := make([]bucket.StoreItem, len(req.Items))
 	for i, it := range req.Items {
-		paths[i], hashes[i] = it.Path, it.NarHash
+		items[i] = bucket.StoreItem{StorePath: it.Path, NarHash: it.NarHash, Input: !it.Output}
 	}
-	states, errs := s.o.Publisher.States(ctx, paths, hashes)
+	states, errs := s.o.Publisher.States(ctx, items)
 	if err := classify(errors.Join(errs...)); err != nil {
 		return nil, err
 	}
 	resp := UploadsResponse{Compression: s.o.Publisher.Compression(), Items: make([]ItemUpload, len(req.Items))}
 	presigned := map[string]*bucket.PresignedPut{} // one URL per key: items may share content
 	for i, st := range states {
-		u := ItemUpload{Path: paths[i], Published: st.Published}
+		u := ItemUpload{Path: items[i].StorePath, Published: st.Published}
 		if !st.Published {
 			u.NarKey = st.NarKey
 			if !st.NarPresent {
@@ -343,6 +343,8 @@ func (s *Server) commit(ctx context.Context, id Identity, body []byte) (any, err
 			Uploaded: &bucket.UploadedNar{Compression: req.Compression, FileSize: it.FileSize, FileHash: it.FileHash, Reread: s.o.Reread}}
 		if it.Output {
 			items[i].Commit = stillOwned
+		} else {
+			items[i].Input = true
 		}
 	}
 	start := time.Now()
