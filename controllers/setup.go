@@ -17,10 +17,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	agentctrl "github.com/guixfarm/guix-farm/controllers/agent"
 	"github.com/guixfarm/guix-farm/controllers/agentpool"
+	"github.com/guixfarm/guix-farm/controllers/agents"
 	"github.com/guixfarm/guix-farm/controllers/builds"
-	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/controllers/planloop"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/index"
 	"github.com/guixfarm/guix-farm/internal/metrics"
@@ -78,10 +78,10 @@ type Options struct {
 // Farm is what Setup wired: the planning loop (whose planner tests reach) and the availability
 // owner (which the GC tells of deletions).
 type Farm struct {
-	Loop         *planning.Loop
+	Loop         *planloop.Loop
 	Availability *availability.Owner
 	// Loading holds the first plan until the model is loaded.
-	Loading *planning.Loading
+	Loading *planloop.Loading
 	// Publisher is the publisher service, when Options.Publisher was set.
 	Publisher *publishing.Server
 }
@@ -150,9 +150,9 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 		Recorder: mgr.GetEventRecorder("guix-farm"), Metrics: o.Metrics, DefaultTTL: o.BuildTTL,
 		MaxConcurrentReconciles: max(o.BuildWorkers, 1), WriteQueueStatus: o.WriteQueueStatus,
 	}
-	loop := planning.New(p, o.Clock, o.Log.WithName("planner"), o.Metrics, o.PlanDebounce, br.Notify)
+	loop := planloop.New(p, o.Clock, o.Log.WithName("planner"), o.Metrics, o.PlanDebounce, br.Notify)
 	br.Loop = loop
-	loading := planning.NewLoading(unfinishedBuilds(mgr.GetCache()), o.Clock, o.Log.WithName("loading"), loop.Kick)
+	loading := planloop.NewLoading(unfinishedBuilds(mgr.GetCache()), o.Clock, o.Log.WithName("loading"), loop.Kick)
 	loop.Loading, br.Loading = loading, loading
 	var err error
 	owner, err = availability.New(availability.Options{
@@ -175,20 +175,20 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 		return nil, fmt.Errorf("setting up the availability owner: %w", err)
 	}
 	br.Availability = owner
-	resolver := &planning.Resolver{Client: mgr.GetClient(), Owner: owner, Planner: p, Kick: loop.Kick,
+	resolver := &planloop.Resolver{Client: mgr.GetClient(), Owner: owner, Planner: p, Kick: loop.Kick,
 		Log: o.Log.WithName("resolver")}
 	loop.Unresolved = resolver.Resolve
 	if err := br.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the build controller: %w", err)
 	}
-	view, err := agentctrl.NewView(mgr.GetConfig(), o.Clock, o.Log.WithName("view"))
+	view, err := agents.NewView(mgr.GetConfig(), o.Clock, o.Log.WithName("view"))
 	if err != nil {
 		return nil, err
 	}
 	if err := mgr.Add(view); err != nil {
 		return nil, fmt.Errorf("adding the apiserver probe: %w", err)
 	}
-	ar := &agentctrl.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Loop: loop, Clock: o.Clock,
+	ar := &agents.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Loop: loop, Clock: o.Clock,
 		Metrics: o.Metrics, Grace: o.AgentGrace, Recorder: mgr.GetEventRecorder("guix-farm"), View: view,
 		Namespace: o.AgentNamespace}
 	if err := ar.SetupWithManager(mgr); err != nil {

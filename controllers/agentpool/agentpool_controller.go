@@ -29,7 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/controllers/planloop"
 	"github.com/guixfarm/guix-farm/internal/agentlease"
 	"github.com/guixfarm/guix-farm/internal/autoscale"
 	"github.com/guixfarm/guix-farm/internal/conditions"
@@ -46,7 +46,7 @@ const busyRecheck = 2 * time.Second
 // Reconciler reconciles AgentPools.
 type Reconciler struct {
 	Client client.Client
-	Loop   *planning.Loop
+	Loop   *planloop.Loop
 	Clock  clock.Clock
 	// Defaults make the agent pods; with no AgentImage the controller makes no pods and the pools
 	// report on agents started elsewhere (processes, or pods of your own).

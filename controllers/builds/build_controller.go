@@ -26,7 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/controllers/planloop"
 	"github.com/guixfarm/guix-farm/internal/derivation"
 	"github.com/guixfarm/guix-farm/internal/metrics"
 	"github.com/guixfarm/guix-farm/internal/planner"
@@ -53,7 +53,7 @@ type Reconciler struct {
 	Client       client.Client
 	Facts        FactsSource
 	Availability Availability
-	Loop         *planning.Loop
+	Loop         *planloop.Loop
 	Clock        clock.Clock
 	Recorder     events.EventRecorder
 	Metrics      *metrics.Metrics
@@ -62,7 +62,7 @@ type Reconciler struct {
 	// MaxConcurrentReconciles bounds parallel reconciles.
 	MaxConcurrentReconciles int
 	// Loading, when set, hears of each Build's first reconcile (the first plan waits for all).
-	Loading *planning.Loading
+	Loading *planloop.Loading
 	// WriteQueueStatus: a Build that never had a status and only waits (inputs not built yet, or
 	// no free agent) gets its facts and wait reason written after FactsDelay; without it, nothing
 	// until it is allocated (controllers.Options.WriteQueueStatus).
@@ -152,7 +152,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			// Its agent published every output (nar, then narinfo) before reporting; the owner
 			// tells the planner. An old success (seen again after a restart) tells nothing: the
 			// planner lists the derivation as unresolved, and the bucket answers.
-			planning.SucceededBuild(r.Availability, b)
+			planloop.SucceededBuild(r.Availability, b)
 		}
 		return r.reconcileTTL(ctx, b, r.Clock.Now())
 	}

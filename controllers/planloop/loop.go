@@ -1,7 +1,8 @@
-// Package planning runs the planner: it batches model changes, plans, remembers the allocations
-// it decided (the planner assumes them at once, as kueue does) and hands the changed Builds to the
-// Build reconciler, which writes them in its single status patch.
-package planning
+// Package planloop is the planning loop around the planner (internal/planner): it batches model
+// changes, plans, remembers the allocations it decided (the planner assumes them at once, as kueue
+// does) and hands the changed Builds to the Build reconciler, which writes them in its single status
+// patch.
+package planloop
 
 import (
 	"context"

@@ -1,7 +1,7 @@
-// Package agent watches the agents' Leases: a live Lease registers the agent with the planner;
+// Package agents watches the agents' Leases: a live Lease registers the agent with the planner;
 // an expired one is a lost agent, whose attempts in flight fail with reason AgentLost (and are
 // retried) and whose allocations the planner withdraws.
-package agent
+package agents
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	farmv1 "github.com/guixfarm/guix-farm/api/v1alpha1"
-	"github.com/guixfarm/guix-farm/controllers/planning"
+	"github.com/guixfarm/guix-farm/controllers/planloop"
 	"github.com/guixfarm/guix-farm/internal/agentlease"
 	"github.com/guixfarm/guix-farm/internal/index"
 	"github.com/guixfarm/guix-farm/internal/lifecycle"
@@ -36,7 +36,7 @@ type Reconciler struct {
 	Client client.Client
 	// APIReader reads Builds fresh when ending their attempts, to avoid conflicts on a stale cache.
 	APIReader client.Reader
-	Loop      *planning.Loop
+	Loop      *planloop.Loop
 	Clock     clock.Clock
 	Metrics   *metrics.Metrics
 	// Grace is added to a Lease's expiry before the agent is declared lost (clock skew).
