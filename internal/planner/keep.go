@@ -1,14 +1,13 @@
 package planner
 
 // Allocation hysteresis. The selection gives each agent the best HorizonFactor*Slots builds it
-// can take; an allocation the selection left out is not withdrawn at once. Withdrawing costs a
-// status write and an Event-free but visible move, and the entry that lost its place often
-// regains it a moment later (a priority that rose by one, a build that finished): with a
-// horizon of 24 entries a start used to withdraw about 70. So an agent keeps what it was given,
-// best-ranked first, up to KeepFactor*Slots - Running entries in all; only past that band, or
-// when the build can no longer go to that agent (not ready, capabilities changed, agent gone or
-// draining), is it withdrawn. A better build never waits for a kept one: it is allocated
-// within the horizon, and the agent takes its highest-priority allocation first.
+// can take; an allocation the selection left out is not withdrawn at once. A withdrawal is a
+// status write, and its allocation is often written again a moment later: a priority moved by a
+// little and back, a burst of urgent builds ran. So an agent keeps what it was given, best-ranked
+// first, up to KeepFactor*Slots - Running entries in all; only past that band, or when the build
+// can no longer go to that agent (not ready, capabilities changed, agent gone or draining), is it
+// withdrawn. A better build never waits for a kept one: it is selected into a horizon, and an
+// agent claims its highest-priority allocation first.
 
 import "slices"
 
