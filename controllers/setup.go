@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -21,6 +22,7 @@ import (
 	"github.com/guixfarm/guix-farm/controllers/agents"
 	"github.com/guixfarm/guix-farm/controllers/builds"
 	"github.com/guixfarm/guix-farm/controllers/planloop"
+	"github.com/guixfarm/guix-farm/internal/agentlease"
 	"github.com/guixfarm/guix-farm/internal/availability"
 	"github.com/guixfarm/guix-farm/internal/index"
 	"github.com/guixfarm/guix-farm/internal/metrics"
@@ -153,6 +155,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	loop := planloop.New(p, o.Clock, o.Log.WithName("planner"), o.Metrics, o.PlanDebounce, br.Notify)
 	br.Loop = loop
 	loading := planloop.NewLoading(unfinishedBuilds(mgr.GetCache()), o.Clock, o.Log.WithName("loading"), loop.Kick)
+	loading.ListCapabilities = agentsAndPools(mgr.GetCache(), o.AgentNamespace)
 	loop.Loading, br.Loading = loading, loading
 	var err error
 	owner, err = availability.New(availability.Options{
@@ -190,12 +193,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Farm, error) {
 	}
 	ar := &agents.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Loop: loop, Clock: o.Clock,
 		Metrics: o.Metrics, Grace: o.AgentGrace, Recorder: mgr.GetEventRecorder("guix-farm"), View: view,
-		Namespace: o.AgentNamespace}
+		Namespace: o.AgentNamespace, Loading: loading}
 	if err := ar.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agent controller: %w", err)
 	}
 	pr := &agentpool.Reconciler{Client: mgr.GetClient(), Loop: loop, Clock: o.Clock, Defaults: o.AgentPods,
-		Recorder: mgr.GetEventRecorder("guix-farm")}
+		Recorder: mgr.GetEventRecorder("guix-farm"), Loading: loading}
 	if err := pr.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the agentpool controller: %w", err)
 	}
@@ -251,6 +254,29 @@ func unfinishedBuilds(c client.Reader) func(ctx context.Context) ([]planner.Buil
 			if b := &list.Items[i]; !b.Status.Phase.Finished() {
 				keys = append(keys, planner.BuildKey(b.Namespace+"/"+b.Name))
 			}
+		}
+		return keys, nil
+	}
+}
+
+// agentsAndPools lists what the agent and pool reconcilers tell the planner at start: the agent
+// Leases (in namespace, when set) and the AgentPools, as planloop.CapabilityKey keys.
+func agentsAndPools(c client.Reader, namespace string) func(ctx context.Context) ([]string, error) {
+	return func(ctx context.Context) ([]string, error) {
+		var leases coordinationv1.LeaseList
+		if err := c.List(ctx, &leases, client.InNamespace(namespace), client.MatchingLabels{agentlease.LabelAgent: "true"}); err != nil {
+			return nil, err
+		}
+		var pools farmv1.AgentPoolList
+		if err := c.List(ctx, &pools); err != nil {
+			return nil, err
+		}
+		keys := make([]string, 0, len(leases.Items)+len(pools.Items))
+		for i := range leases.Items {
+			keys = append(keys, planloop.CapabilityKey("lease", client.ObjectKeyFromObject(&leases.Items[i])))
+		}
+		for i := range pools.Items {
+			keys = append(keys, planloop.CapabilityKey("pool", client.ObjectKeyFromObject(&pools.Items[i])))
 		}
 		return keys, nil
 	}

@@ -52,6 +52,9 @@ type Reconciler struct {
 	// report on agents started elsewhere (processes, or pods of your own).
 	Defaults Defaults
 	Recorder events.EventRecorder
+	// Loading, when set, hears of each pool's first reconcile: Builds are judged once every pool
+	// is known.
+	Loading *planloop.Loading
 
 	mu          sync.Mutex
 	recommender map[types.NamespacedName]*autoscale.Recommender
@@ -120,6 +123,7 @@ func (r *Reconciler) autoscaledPools(ctx context.Context, _ *farmv1.AgentPool) [
 // its status once.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
+	defer r.Loading.CapabilitySeen(planloop.CapabilityKey("pool", req.NamespacedName))
 	p := r.Loop.Planner()
 	pool := &farmv1.AgentPool{}
 	if err := r.Client.Get(ctx, req.NamespacedName, pool); err != nil {

@@ -47,6 +47,9 @@ type Reconciler struct {
 	View *View
 	// Namespace, when set, is the farm's namespace: agent Leases elsewhere are not agents.
 	Namespace string
+	// Loading, when set, hears of each Lease's first reconcile: Builds are judged once every
+	// agent is known.
+	Loading *planloop.Loading
 
 	// seen is, per agent Lease, the last renewal observed and when this controller observed it:
 	// expiry is judged on the controller's own clock from that moment, never on the agent's
@@ -114,6 +117,7 @@ func attemptAgent(_ context.Context, o client.Object) []reconcile.Request {
 // Reconcile registers a live agent or handles a lost one.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx).WithValues("agent", req.Name)
+	defer r.Loading.CapabilitySeen(planloop.CapabilityKey("lease", req.NamespacedName))
 	p := r.Loop.Planner()
 	l := &coordinationv1.Lease{}
 	err := r.Client.Get(ctx, req.NamespacedName, l)

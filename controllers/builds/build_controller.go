@@ -122,6 +122,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	log := ctrl.LoggerFrom(ctx).WithValues("build", req.NamespacedName.String())
 	ctx = ctrl.LoggerInto(ctx, log)
 	key := buildKey(req.NamespacedName)
+	// At start, judged only once the planner knows the agents and pools (planloop.Loading).
+	if err := r.Loading.WaitCapabilities(ctx); err != nil {
+		return ctrl.Result{}, err
+	}
 	defer r.Loading.Seen(key)
 	b := &farmv1.Build{}
 	if err := r.Client.Get(ctx, req.NamespacedName, b); err != nil {
@@ -309,19 +313,11 @@ func (r *Reconciler) reconcilePending(ctx context.Context, s *scope) (ctrl.Resul
 	}
 	retry := soonest(retrySkip, soonest(r.reconcileInputBuilds(ctx, s), r.reconcileMissingInputs(ctx, s)))
 	r.reconcileAllocation(s)
-	if !r.WriteQueueStatus && blank {
+	if !r.WriteQueueStatus && blank && onlyWaiting(s.b) {
 		// Nothing a user must act on: the wait reason stays in the planner (setWait put it in the
 		// copy being written; it is dropped), and the first write comes with the allocation.
-		if onlyWaiting(s.b, false) {
-			s.b.Status.Conditions = nil
-			return ctrl.Result{RequeueAfter: retry}, nil
-		}
-		// While the model loads, "no agent for its system" may only mean that the pool serving
-		// it has not reached the planner yet: judged again once it has, not written and undone.
-		if !r.Loading.Loaded() && onlyWaiting(s.b, true) {
-			s.b.Status.Conditions = nil
-			return ctrl.Result{RequeueAfter: soonest(retry, loadingRecheck)}, nil
-		}
+		s.b.Status.Conditions = nil
+		return ctrl.Result{RequeueAfter: retry}, nil
 	}
 	if !blank || s.b.Status.Allocation != nil || len(s.b.Status.Conditions) > 0 {
 		recordFacts(s, s.b.Status.Allocation != nil)
@@ -345,24 +341,18 @@ func blankStatus(b *farmv1.Build) bool {
 
 // onlyWaiting says whether all b's status would say is that it waits for its inputs to be built
 // (or for nothing: a free agent): no allocation, and no condition a user must see (no agent for
-// its system, unless noAgent, a failed input, missing inputs, an unreadable .drv).
-func onlyWaiting(b *farmv1.Build, noAgent bool) bool {
+// its system, a failed input, missing inputs, an unreadable .drv).
+func onlyWaiting(b *farmv1.Build) bool {
 	if b.Status.Allocation != nil || b.Status.Attempt != nil || b.Status.Phase.Finished() {
 		return false
 	}
 	for _, c := range b.Status.Conditions {
-		switch {
-		case c.Type == farmv1.BuildConditionInputsPending && c.Reason == string(planner.InputsPending):
-		case noAgent && c.Type == farmv1.BuildConditionSchedulable && c.Reason == string(planner.NoAgentForSystem):
-		default:
+		if c.Type != farmv1.BuildConditionInputsPending || c.Reason != string(planner.InputsPending) {
 			return false
 		}
 	}
 	return true
 }
-
-// loadingRecheck is when a Build judged while the model loads is looked at again.
-const loadingRecheck = time.Second
 
 // soonest is the earlier of two requeue delays, 0 meaning none.
 func soonest(a, b time.Duration) time.Duration {

@@ -280,16 +280,10 @@ func TestQuietQueue(t *testing.T) {
 				b.Status.Allocation = &farmv1.Allocation{Agent: "a"}
 			}
 			setWait(b, now, tc.wait)
-			if got := onlyWaiting(b, false); got != tc.want {
+			if got := onlyWaiting(b); got != tc.want {
 				t.Errorf("onlyWaiting = %v, want %v (conditions %+v)", got, tc.want, b.Status.Conditions)
 			}
 		})
-	}
-	// While the model loads, "no agent" is not yet a verdict (the pool may not be loaded).
-	b := &farmv1.Build{}
-	setWait(b, now, planner.Wait{Reason: planner.NoAgentForSystem, Message: "no pool offers riscv64-linux"})
-	if !onlyWaiting(b, true) {
-		t.Error("no agent while loading: written at once")
 	}
 	if !blankStatus(&farmv1.Build{Status: farmv1.BuildStatus{Phase: farmv1.BuildPending}}) {
 		t.Error("a Build with the phase the CRD defaults is not blank: every queued Build would be written")
