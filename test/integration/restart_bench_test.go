@@ -438,11 +438,11 @@ func saveHeapProfile(b *testing.B, addr, dir string) {
 }
 
 // restartMemoryLimit is the controller's soft memory limit for a queue of n Builds: the sizing
-// docs/scale.md recommends (48 MiB plus 4.4 KiB per Build: 478 MiB at 10^5), or
-// GUIXFARM_RESTART_MEMORY_LIMIT (0: none).
+// docs/scale.md recommends (40 MiB plus 4.4 KiB per Build: 470 MiB at 10^5; the RSS runs 18-31 MiB
+// above it), or GUIXFARM_RESTART_MEMORY_LIMIT (0: none).
 func restartMemoryLimit(n int) string {
 	if v := os.Getenv("GUIXFARM_RESTART_MEMORY_LIMIT"); v != "" {
 		return v
 	}
-	return fmt.Sprintf("%dKi", 48*1024+n*44/10)
+	return fmt.Sprintf("%dKi", 40*1024+n*44/10)
 }
